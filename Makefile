@@ -1,0 +1,43 @@
+# The book's two commands (see README.md): `make book` and `make test`. `make lab` opens JupyterLab.
+# Every target first builds the virtual environment in $(VENV); nothing else is needed on the machine
+# but python3 (3.10 or newer) and access to the package registries.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch where there is no GPU; the PyTorch CPU index is the fallback on machines
+# whose pip cannot find the +cpu wheel itself.
+TORCH_CPU ?= torch==2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# The notebooks are executed with this many threads, as on the 2-core machine the budgets are set for.
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED = 0
+export MPLBACKEND ?= Agg
+
+.PHONY: book test lab clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet "torch>=2.4"; \
+	else $(PY) -m pip install --quiet "$(TORCH_CPU)" || \
+	     $(PY) -m pip install --quiet "torch==2.13.0" --index-url "$(TORCH_CPU_INDEX)"; fi
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (pidutils)"
+	touch $@
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --all
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf _build $(VENV)

@@ -1,0 +1,140 @@
+"""Timing that can be trusted, and the book's benchmark command line.
+
+Warm-up runs, device synchronisation, repeated runs reported as median and spread, and A/B
+comparisons interleaved in one run and reported as ratios (chapter 1, "Measuring"). Run an
+experiment with ``python -m pidutils.bench <experiment> [--device cpu|cuda] [--json PATH]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .checks import check_int
+from .cost import Device
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median, the interquartile spread, and every sample."""
+
+    median: float
+    q1: float
+    q3: float
+    samples: list[float]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Timing":
+        s = sorted(samples)
+        if len(s) == 1:
+            return cls(s[0], s[0], s[0], list(samples))
+        q1, _, q3 = statistics.quantiles(s, n=4, method="inclusive")
+        return cls(statistics.median(s), q1, q3, list(samples))
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.1f} ms (IQR {self.q1 * 1e3:.1f}-{self.q3 * 1e3:.1f})"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued device work, so a timer measures the work and not its launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device | str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1,
+            repeats: int = 5) -> Timing:
+    """Time ``fn()`` after ``warmup`` untimed calls, ``repeats`` times, synchronising the device."""
+    return compare({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def compare(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
+            warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
+    """Time several functions interleaved: each round runs every one once, in a rotating order.
+
+    Interleaving spreads drifts of the machine (other load, clock changes) over all of them, so
+    their ratio is fair even on a shared machine.
+    """
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
+    if not fns:
+        raise ValueError("fns must name at least one function to time")
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(_timed(fns[name], device))
+    return {name: Timing.of(s) for name, s in samples.items()}
+
+
+def speedup(slow: Timing, fast: Timing) -> float:
+    """The ratio of median times: how many times faster ``fast`` is than ``slow``."""
+    return slow.median / fast.median
+
+
+def describe(device: torch.device | str, dtype: torch.dtype, **shapes: object) -> str:
+    """One line naming the device, dtype and shapes of a measurement."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+    dims = ", ".join(f"{k}={v}" for k, v in shapes.items())
+    return f"{name} | {str(dtype).removeprefix('torch.')} | torch {torch.__version__} | {dims}"
+
+
+def measure_device(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   size: int = 1024, megabytes: int = 256) -> Device:
+    """Measure this device's matmul FLOP/s and copy bandwidth, for a roofline of your own machine."""
+    check_int("size", size, 16)
+    check_int("megabytes", megabytes, 1)
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    matmul = time_fn(lambda: a @ a, device, warmup=2, repeats=7)
+    src = torch.empty(megabytes * 2**20 // 4, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    copy = time_fn(lambda: dst.copy_(src), device, warmup=2, repeats=7)
+    return Device(name=describe(device, dtype).split(" | ")[0] + " (measured)",
+                  peak_flops=2 * size**3 / matmul.median,
+                  bandwidth=2 * src.numel() * 4 / copy.median,  # read + write
+                  dtype=str(dtype).removeprefix("torch."))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pidutils.bench <experiment> [--device cpu|cuda] [--json PATH]``."""
+    from .experiments import EXPERIMENTS, run_experiment
+    parser = argparse.ArgumentParser(prog="python -m pidutils.bench", description=__doc__)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    result = run_experiment(args.experiment, args.device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=_jsonable)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _jsonable(obj: object) -> object:
+    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else str(obj)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

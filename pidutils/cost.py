@@ -1,0 +1,200 @@
+"""The papers' cost formulas as plain code: memory access, operations, intensity and the roofline.
+
+This module knows nothing about torch or models; it is arithmetic on shapes, so every formula can
+be tested against values worked by hand (``tests/test_cost.py``).
+
+Notation (PID paper, Lu et al. 2024, Section 3 and Table 1): ``b`` documents in a batch, ``U``
+prompts per document, ``n_s`` document tokens, ``n_p`` prompt tokens, ``n_t`` generated tokens,
+``d`` model width. Counts follow Shazeer (2019), "Fast Transformer Decoding", the accounting the
+PID paper's Table 1 uses: constant factors are dropped, memory access is counted in elements
+(activations ``b n d``, key/value reads, weights ``d^2``) and operations in multiply-adds
+(projections ``b n d^2``). Chapter 1 ("Why decoding is slow") explains the roofline, chapter 3 the
+PIE/PID table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checks import check_choice, check_float, check_int
+
+METHODS = ("pie", "pid")
+COMPONENTS = ("encoder_self_attention", "decoder_self_attention", "cross_attention")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Memory access (elements) and arithmetic operations of one component."""
+
+    memory: float
+    ops: float
+
+    @property
+    def intensity(self) -> float:
+        """Operational intensity: operations per element moved."""
+        return self.ops / self.memory
+
+    @property
+    def inverse_intensity(self) -> float:
+        """Memory access per operation, the quantity the PID paper's Table 1 and Appendix A compare."""
+        return self.memory / self.ops
+
+
+def _check_shapes(method: str, U: int, b: int, n_s: int, n_t: int, d: int, n_p: int) -> None:
+    check_choice("method", method, METHODS)
+    check_int("U", U, 1)
+    check_int("b", b, 1)
+    check_int("n_s", n_s, 1)
+    check_int("n_t", n_t, 1)
+    check_int("d", d, 1)
+    check_int("n_p", n_p, 0)
+
+
+def encoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
+                           n_p: int = 0) -> Cost:
+    """One parallel encoder pass. PIE encodes ``b*U`` sequences of ``n_s + n_p`` tokens, PID ``b`` of ``n_s``.
+
+    Memory ``rows * n * d + d^2``, operations ``rows * n * d^2`` (Shazeer's batched attention).
+    """
+    _check_shapes(method, U, b, n_s, n_t, d, n_p)
+    rows, n = (b * U, n_s + n_p) if method == "pie" else (b, n_s)
+    return Cost(memory=rows * n * d + d * d, ops=rows * n * d * d)
+
+
+def decoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
+                           n_p: int = 0) -> Cost:
+    """``n_t`` incremental decoder steps over ``b*U`` rows, each step reading the cached keys/values.
+
+    PIE's decoder cache holds the ``n_t`` answer tokens; PID's also holds the ``n_p`` prompt tokens.
+    Memory ``rows n_t d + rows n_t L d + n_t d^2`` with ``L`` the cache length; operations ``rows n_t d^2``.
+    """
+    _check_shapes(method, U, b, n_s, n_t, d, n_p)
+    rows = b * U
+    cache_len = n_t if method == "pie" else n_t + n_p
+    return _incremental(rows, n_t, d, kv_elements_per_step=rows * cache_len * d)
+
+
+def cross_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
+                    n_p: int = 0) -> Cost:
+    """``n_t`` incremental steps of cross-attention over ``b*U`` rows.
+
+    PIE reads ``U`` separate encodings of ``n_s + n_p`` tokens per document at every step; PID reads
+    one shared encoding of ``n_s`` tokens. This is the term that makes PID's decoding faster.
+    """
+    _check_shapes(method, U, b, n_s, n_t, d, n_p)
+    rows = b * U
+    kv = b * U * (n_s + n_p) * d if method == "pie" else b * n_s * d
+    return _incremental(rows, n_t, d, kv_elements_per_step=kv)
+
+
+def _incremental(rows: int, n_t: int, d: int, kv_elements_per_step: int) -> Cost:
+    """Shazeer's incremental attention: per step, queries ``rows d``, keys/values, weights ``d^2``."""
+    memory = n_t * (rows * d + kv_elements_per_step + d * d)
+    return Cost(memory=memory, ops=rows * n_t * d * d)
+
+
+COMPONENT_FUNCTIONS = {
+    "encoder_self_attention": encoder_self_attention,
+    "decoder_self_attention": decoder_self_attention,
+    "cross_attention": cross_attention,
+}
+
+
+def table1(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict[tuple[str, str], Cost]:
+    """Every (component, method) cell of the PID paper's Table 1 for the given shapes."""
+    return {(c, m): COMPONENT_FUNCTIONS[c](m, U, b, n_s, n_t, d, n_p)
+            for c in COMPONENTS for m in METHODS}
+
+
+def inverse_intensity_ratio(component: str, U: int, b: int, n_s: int, n_t: int, d: int,
+                            n_p: int = 0) -> float:
+    """PIE's inverse operational intensity over PID's for one component (PID paper, Appendix A).
+
+    Above 1 means PID moves fewer elements per operation, so it sits further right on the roofline.
+    """
+    check_choice("component", component, COMPONENTS)
+    f = COMPONENT_FUNCTIONS[component]
+    pie = f("pie", U, b, n_s, n_t, d, n_p)
+    pid = f("pid", U, b, n_s, n_t, d, n_p)
+    return pie.inverse_intensity / pid.inverse_intensity
+
+
+# --- The roofline ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    """A device's peak arithmetic rate (FLOP/s) and memory bandwidth (bytes/s) for one dtype."""
+
+    name: str
+    peak_flops: float
+    bandwidth: float
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        check_float("peak_flops", self.peak_flops, 0.0, low_inclusive=False)
+        check_float("bandwidth", self.bandwidth, 0.0, low_inclusive=False)
+
+    @property
+    def ridge_point(self) -> float:
+        """The intensity (FLOP/byte) where the roofline turns from memory-bound to compute-bound."""
+        return self.peak_flops / self.bandwidth
+
+
+# Vendor data-sheet figures (dense tensor-core rates, no sparsity).
+PRESETS: dict[str, Device] = {
+    "a100": Device("NVIDIA A100 40GB SXM", peak_flops=312e12, bandwidth=1.555e12, dtype="bf16"),
+    "h100": Device("NVIDIA H100 SXM", peak_flops=989e12, bandwidth=3.35e12, dtype="bf16"),
+    "t4": Device("NVIDIA T4", peak_flops=65e12, bandwidth=320e9, dtype="fp16"),
+}
+
+
+def device_preset(name: str) -> Device:
+    """A data-sheet device; for the machine you are on, use ``pidutils.bench.measure_device``."""
+    return PRESETS[check_choice("name", name.lower() if isinstance(name, str) else name, PRESETS)]
+
+
+def attainable_flops(intensity: float, device: Device) -> float:
+    """The roofline: attainable FLOP/s = min(peak, intensity x bandwidth), intensity in FLOP/byte."""
+    check_float("intensity", intensity, 0.0, low_inclusive=False)
+    return min(device.peak_flops, intensity * device.bandwidth)
+
+
+# --- Whole-model forward passes (chapter 1) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Work:
+    """FLOPs and bytes of one forward pass, and the time the roofline allows for it."""
+
+    flops: float
+    bytes: float
+
+    @property
+    def intensity(self) -> float:
+        """FLOP per byte moved."""
+        return self.flops / self.bytes
+
+    def roofline_seconds(self, device: Device) -> float:
+        """The least time this work can take on ``device``: max(compute time, memory time)."""
+        return max(self.flops / device.peak_flops, self.bytes / device.bandwidth)
+
+
+def forward_work(n_params: int, batch: int, new_tokens: int, context: int, d_model: int,
+                 n_layers: int, bytes_per_element: int = 4) -> Work:
+    """One forward pass of a transformer stack over ``new_tokens`` per sequence.
+
+    FLOPs: ``2 * n_params`` per token (a multiply-add per weight) plus ``4 * n_layers * d_model``
+    per (token, context-token) pair for the attention scores and the weighted values. Bytes: every
+    weight read once, plus the key/value cache read (``2 * n_layers * context * d_model`` per
+    sequence), plus the new tokens' activations written to it. Prefill is ``new_tokens = n``,
+    ``context = n``; a decode step is ``new_tokens = 1``. Used in chapter 1 to place prefill and
+    decode on the roofline.
+    """
+    for name, value, low in (("n_params", n_params, 1), ("batch", batch, 1),
+                             ("new_tokens", new_tokens, 1), ("context", context, 0),
+                             ("d_model", d_model, 1), ("n_layers", n_layers, 1),
+                             ("bytes_per_element", bytes_per_element, 1)):
+        check_int(name, value, low)
+    tokens = batch * new_tokens
+    flops = 2 * n_params * tokens + 4 * n_layers * d_model * tokens * context
+    kv_elements = 2 * n_layers * d_model * batch * (context + new_tokens)
+    bytes_moved = bytes_per_element * (n_params + kv_elements)
+    return Work(flops=float(flops), bytes=float(bytes_moved))

@@ -1,0 +1,76 @@
+"""Hugging Face T5 models at the shapes the book measures, built offline from a config.
+
+Latency depends on shapes, not on trained weights, so chapter 1 ("Why decoding is slow") and the
+benchmarks use randomly initialised models at the published T5-small and T5-base shapes. Trained
+checkpoints live in :mod:`pidutils.zoo`.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from .checks import check_choice
+
+# The published shapes of t5-small and t5-base (Raffel et al. 2020), and a tiny shape for tests.
+SHAPES: dict[str, dict[str, int]] = {
+    "t5-tiny": dict(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=2, vocab_size=1024),
+    "t5-small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6, vocab_size=32128),
+    "t5-base": dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=12, vocab_size=32128),
+}
+
+
+# With T5's default initialisation a random decoder only echoes its start token (the tied embedding
+# dominates the residual stream). A larger scale gives varied, well-conditioned greedy outputs:
+# cached and uncached logits then agree to ~1e-6 relative (tests/test_decode.py).
+INIT_FACTOR = 16.0
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The one place the book chooses its device: CUDA when present, else the CPU."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_choice("device", name, ("cpu", "cuda"))
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device must be 'cpu' on this machine: no CUDA device is available")
+    return torch.device(name)
+
+
+def random_t5(shape: str = "t5-small", seed: int = 0, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> T5ForConditionalGeneration:
+    """A T5 with random weights at a named shape, in eval mode, using PyTorch's fused SDPA attention."""
+    check_choice("shape", shape, SHAPES)
+    config = T5Config(**SHAPES[shape], num_decoder_layers=SHAPES[shape]["num_layers"],
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                      dropout_rate=0.0, initializer_factor=INIT_FACTOR,
+                      attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_dtype(device: torch.device | str) -> torch.dtype:
+    """Half precision where the device supports it (bf16, else fp16 on CUDA); fp32 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def weights_per_decode_step(model: T5ForConditionalGeneration) -> int:
+    """Parameters one decode step reads: the decoder blocks, its final norm and the LM head.
+
+    The encoder is not touched, and the embedding table is only indexed (one row per token).
+    """
+    decoder = model.get_decoder()
+    return (count_parameters(decoder.block) + count_parameters(decoder.final_layer_norm)
+            + model.lm_head.weight.numel())
+
+
+def weights_per_forward(model: T5ForConditionalGeneration) -> int:
+    """Parameters a full forward pass (encoder and decoder, teacher-forced) reads."""
+    return count_parameters(model.get_encoder().block) + weights_per_decode_step(model)

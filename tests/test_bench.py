@@ -1,0 +1,67 @@
+"""The timer, the interleaved A/B comparison and the benchmark command line."""
+import json
+
+import pytest
+
+from pidutils import bench
+from pidutils.experiments import decode_cache, decode_latency, run_experiment
+
+
+def test_timing_median_and_quartiles():
+    t = bench.Timing.of([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert (t.median, t.q1, t.q3) == (3.0, 2.0, 4.0)
+    assert bench.speedup(bench.Timing.of([4.0]), bench.Timing.of([1.0])) == 4.0
+
+
+def test_compare_interleaves_in_rotating_order():
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    timings = bench.compare(fns, warmup=1, repeats=3)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(t.samples) == 3 for t in timings.values())
+
+
+def test_measure_device_gives_a_positive_roofline():
+    roof = bench.measure_device("cpu", size=128, megabytes=8)
+    assert roof.peak_flops > 0 and roof.bandwidth > 0 and "measured" in roof.name
+
+
+def test_describe_names_device_dtype_and_shapes():
+    import torch
+    line = bench.describe("cpu", torch.float16, batch=4, U=30)
+    assert "CPU" in line and "float16" in line and "batch=4, U=30" in line
+
+
+def test_decode_cache_experiment_reports_a_speedup(capsys):
+    import torch
+    result = decode_cache(torch.device("cpu"), shape="t5-tiny", new_tokens=16, repeats=1)
+    assert result["speedup"] > 0 and result["cached_s"] > 0
+    assert "KV-cache speed-up" in capsys.readouterr().out
+
+
+def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
+    import torch
+    roof = bench.measure_device("cpu", size=256, megabytes=32)
+    measured, predicted = decode_latency(tiny_model, torch.device("cpu"), roof, batch=2, new_tokens=4,
+                                         repeats=1)
+    assert 0 < predicted < measured
+
+
+def test_command_line_writes_json(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    assert bench.main(["decode-cache", "--device", "cpu", "--json", str(path)]) == 0
+    figures = json.loads(path.read_text())
+    assert figures["experiment"] == "decode-cache" and figures["speedup"] > 1
+    assert "KV-cache speed-up" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: bench.compare({"a": lambda: None}, repeats=0), "repeats must be in"),
+    (lambda: bench.compare({"a": lambda: None}, warmup=-1), "warmup must be in"),
+    (lambda: bench.compare({}), "fns must name"),
+    (lambda: run_experiment("nope"), "experiment must be one of"),
+    (lambda: bench.measure_device("cpu", size=0), "size must be in"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,95 @@
+"""The cost formulas against values worked by hand (PID paper Table 1, Appendix A; the roofline)."""
+import math
+
+import pytest
+
+from pidutils import cost
+
+# A small shape worked by hand: U=2 prompts, b=1 document, n_s=10, n_t=3, d=4, n_p=2.
+SHAPE = dict(U=2, b=1, n_s=10, n_t=3, d=4, n_p=2)
+
+
+def test_encoder_self_attention_by_hand():
+    # PIE: rows = b*U = 2, n = n_s + n_p = 12 -> memory 2*12*4 + 16 = 112, ops 2*12*16 = 384
+    assert cost.encoder_self_attention("pie", **SHAPE) == cost.Cost(memory=112, ops=384)
+    # PID: rows = 1, n = 10 -> memory 40 + 16 = 56, ops 10*16 = 160
+    assert cost.encoder_self_attention("pid", **SHAPE) == cost.Cost(memory=56, ops=160)
+
+
+def test_decoder_self_attention_by_hand():
+    # PIE: rows 2, cache n_t = 3: per step 2*4 + 2*3*4 + 16 = 48, times 3 steps = 144; ops 2*3*16 = 96
+    assert cost.decoder_self_attention("pie", **SHAPE) == cost.Cost(memory=144, ops=96)
+    # PID: cache n_t + n_p = 5: per step 8 + 40 + 16 = 64, times 3 = 192; ops 96
+    assert cost.decoder_self_attention("pid", **SHAPE) == cost.Cost(memory=192, ops=96)
+
+
+def test_cross_attention_by_hand():
+    # PIE: K/V per step b*U*(n_s+n_p)*d = 96: per step 8 + 96 + 16 = 120, times 3 = 360; ops 96
+    assert cost.cross_attention("pie", **SHAPE) == cost.Cost(memory=360, ops=96)
+    # PID: shared K/V b*n_s*d = 40: per step 8 + 40 + 16 = 64, times 3 = 192; ops 96
+    assert cost.cross_attention("pid", **SHAPE) == cost.Cost(memory=192, ops=96)
+
+
+def test_cross_attention_inverse_intensity_is_papers_leading_terms():
+    # memory/ops = 1/d + K/V/(b U d^2) + 1/(bU): PIE (n_s+n_p)/d + ..., PID n_s/(U d) + ...
+    U, b, n_s, n_t, d = 30, 1, 289, 56, 768
+    pie = cost.cross_attention("pie", U, b, n_s, n_t, d)
+    pid = cost.cross_attention("pid", U, b, n_s, n_t, d)
+    assert pie.inverse_intensity == pytest.approx(1 / d + n_s / d + 1 / (b * U))
+    assert pid.inverse_intensity == pytest.approx(1 / d + n_s / (U * d) + 1 / (b * U))
+
+
+def test_appendix_a_ratio_by_hand():
+    # Cross-attention, SHAPE: PIE 360/96 = 3.75, PID 192/96 = 2 -> ratio 1.875
+    assert cost.inverse_intensity_ratio("cross_attention", **SHAPE) == pytest.approx(1.875)
+    # Encoder: PIE 112/384, PID 56/160 -> (7/24)/(7/20) = 20/24
+    assert cost.inverse_intensity_ratio("encoder_self_attention", **SHAPE) == pytest.approx(20 / 24)
+
+
+def test_table1_has_every_cell_and_pid_never_does_more_work():
+    table = cost.table1(U=30, b=8, n_s=289, n_t=56, d=512, n_p=6)
+    assert len(table) == 6
+    for component in cost.COMPONENTS:
+        assert table[(component, "pid")].ops <= table[(component, "pie")].ops
+
+
+def test_u_equals_one_without_prompt_makes_methods_equal_where_they_should():
+    shape = dict(U=1, b=2, n_s=50, n_t=7, d=16, n_p=0)
+    for component in cost.COMPONENTS:
+        assert cost.COMPONENT_FUNCTIONS[component]("pie", **shape) == \
+            cost.COMPONENT_FUNCTIONS[component]("pid", **shape)
+
+
+def test_roofline_by_hand():
+    a100 = cost.device_preset("A100")
+    assert a100.ridge_point == pytest.approx(312e12 / 1.555e12)
+    assert cost.attainable_flops(10, a100) == pytest.approx(10 * 1.555e12)   # memory-bound
+    assert cost.attainable_flops(1000, a100) == pytest.approx(312e12)        # compute-bound
+    assert cost.attainable_flops(a100.ridge_point, a100) == pytest.approx(312e12)
+
+
+def test_forward_work_by_hand():
+    # P=100 params, b=2, 1 new token, context 3, d=4, L=1, fp32:
+    # FLOPs 2*100*2 + 4*1*4*2*3 = 496; elements 100 + 2*1*4*2*(3+1) = 164 -> 656 bytes
+    w = cost.forward_work(100, 2, 1, 3, 4, 1, 4)
+    assert (w.flops, w.bytes) == (496, 656)
+    dev = cost.Device("toy", peak_flops=1000.0, bandwidth=100.0)
+    assert w.roofline_seconds(dev) == pytest.approx(max(496 / 1000, 656 / 100))
+    assert math.isclose(w.intensity, 496 / 656)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cost.cross_attention("pie", 0, 1, 1, 1, 1), "U must be in"),
+    (lambda: cost.cross_attention("pie", 1, 0, 1, 1, 1), "b must be in"),
+    (lambda: cost.cross_attention("pie", 1, 1, 1, 1, 1, n_p=-1), "n_p must be in"),
+    (lambda: cost.cross_attention("pix", 1, 1, 1, 1, 1), "method must be one of"),
+    (lambda: cost.inverse_intensity_ratio("ffn", 1, 1, 1, 1, 1), "component must be one of"),
+    (lambda: cost.device_preset("v100"), "name must be one of"),
+    (lambda: cost.attainable_flops(0, cost.device_preset("t4")), "intensity must be in"),
+    (lambda: cost.Device("x", peak_flops=-1, bandwidth=1), "peak_flops must be in"),
+    (lambda: cost.forward_work(100, 0, 1, 0, 4, 1), "batch must be in"),
+    (lambda: cost.forward_work(100, 1, 1, -3, 4, 1), "context must be in"),
+])
+def test_bad_input_is_a_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
