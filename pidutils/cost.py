@@ -198,3 +198,16 @@ def forward_work(n_params: int, batch: int, new_tokens: int, context: int, d_mod
     kv_elements = 2 * n_layers * d_model * batch * (context + new_tokens)
     bytes_moved = bytes_per_element * (n_params + kv_elements)
     return Work(flops=float(flops), bytes=float(bytes_moved))
+
+
+def training_flops(encoder_params: int, decoder_params: int, encoder_tokens: int,
+                   decoder_tokens: int) -> float:
+    """Training FLOPs of one step: 6 per weight per token (2 forward, 4 backward), per stack.
+
+    PIE feeds the encoder ``U (n_s + n_p)`` tokens per document, PID only ``n_s``: the PID paper's
+    Table 5 comparison (chapter 3).
+    """
+    for name, value in (("encoder_params", encoder_params), ("decoder_params", decoder_params),
+                        ("encoder_tokens", encoder_tokens), ("decoder_tokens", decoder_tokens)):
+        check_int(name, value, 0)
+    return 6.0 * (encoder_params * encoder_tokens + decoder_params * decoder_tokens)

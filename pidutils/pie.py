@@ -1,0 +1,92 @@
+"""Prompt-in-encoder (PIE) decoding: the document is encoded once per prompt (chapter 2).
+
+For U prompts Z_1..Z_U over one document X, PIE builds U encoder inputs "Z_u : X" and generates the
+U answers Y_u in one batch with ``model.generate`` (greedy, with the KV cache). It is the baseline
+that PID (chapter 3) beats.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+from .checks import check_int
+from .data import pie_source
+from .tokenizer import check_vocab
+
+
+def check_prompts(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> None:
+    """Raise ``ValueError`` for an empty batch, U = 0, an empty prompt, or mismatched batch sizes."""
+    if not documents:
+        raise ValueError("documents must hold at least one document")
+    if len(prompts) != len(documents):
+        raise ValueError(f"documents and prompts must have the same batch size, got {len(documents)} "
+                         f"documents and {len(prompts)} prompt lists")
+    for i, (doc, ps) in enumerate(zip(documents, prompts)):
+        if not doc.strip():
+            raise ValueError(f"documents[{i}] must not be empty")
+        if len(ps) < 1:
+            raise ValueError(f"U (the number of prompts of documents[{i}]) must be in [1, inf), got 0")
+        if any(not p.strip() for p in ps):
+            raise ValueError(f"prompts[{i}] must not contain an empty prompt")
+
+
+def tokenize_checked(tokenizer: PreTrainedTokenizerFast, texts: list[str], what: str,
+                     truncation: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenize with padding; a text longer than the model's limit is an error unless truncation is asked for."""
+    limit = tokenizer.model_max_length
+    if not truncation:
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        if max(lengths) > limit:
+            raise ValueError(f"{what} must be at most {limit} tokens (the model's limit) unless "
+                             f"truncation=True; the longest is {max(lengths)}")
+    enc = tokenizer(texts, padding=True, truncation=truncation, max_length=limit, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.inference_mode()
+def pie_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                 documents: Sequence[str], prompts: Sequence[Sequence[str]], max_new_tokens: int = 8,
+                 truncation: bool = False) -> list[list[str]]:
+    """Answer every prompt of every document, PIE-style: one encoder input "Z_u : X" per prompt.
+
+    All ``sum(U_i)`` sequences are encoded and decoded as one batch. Returns the answers per document.
+    """
+    check_prompts(documents, prompts)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_vocab(tokenizer, model)
+    sources = [pie_source(p, doc) for doc, ps in zip(documents, prompts) for p in ps]
+    enc = tokenize_checked(tokenizer, sources, "each prompt + document", truncation, model.device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    answers = tokenizer.batch_decode(out, skip_special_tokens=True)
+    result, start = [], 0
+    for ps in prompts:
+        result.append([a.strip() for a in answers[start:start + len(ps)]])
+        start += len(ps)
+    return result
+
+
+def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 32):
+    """Training batches for PIE: random (dialogue, slot) pairs, half of them slots that are set.
+
+    Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train`; the labels are the answer
+    tokens and ``</s>``, padding masked with -100.
+    """
+    check_int("batch_size", batch_size, 2)
+    dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
+
+    def next_batch(rng) -> dict:
+        sources, targets = [], []
+        for k in range(batch_size):
+            i = rng.randrange(len(dialogues))
+            set_slots = [j for j, v in enumerate(values[i]) if v != "none"]
+            j = rng.choice(set_slots) if (k % 2 == 0 and set_slots) else rng.randrange(len(slots[i]))
+            sources.append(pie_source(slots[i][j], dialogues[i]))
+            targets.append(values[i][j])
+        enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
+        labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
+        labels[labels == tokenizer.pad_token_id] = -100
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+    return next_batch

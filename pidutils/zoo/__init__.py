@@ -1,0 +1,123 @@
+"""Named checkpoints shipped inside the package, and hub models for readers who are online.
+
+``load("pie-t5-tiny")`` returns a shipped model and its tokenizer (plain Hugging Face format, so
+``T5ForConditionalGeneration.from_pretrained(path("pie-t5-tiny"))`` works too).
+``python -m pidutils.zoo train pie-t5-tiny`` retrains one from scratch, reproducibly, on a CPU.
+``load("t5-small")`` fetches from the Hugging Face hub when it is reachable, and otherwise fails
+within seconds, naming the offline alternatives. See chapter 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+from ..checks import check_choice
+
+CHECKPOINTS = pathlib.Path(__file__).parent / "checkpoints"
+HUB_MODELS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base"}
+HUB_HOST = ("huggingface.co", 443)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a shipped checkpoint is made: its method, shape and training schedule."""
+
+    method: str
+    d_model: int = 128
+    d_ff: int = 512
+    d_kv: int = 32
+    num_heads: int = 4
+    num_layers: int = 3
+    num_decoder_layers: int = 2
+    vocab_size: int = 1000  # the tokenizer's target; the model takes the size it reaches
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 200
+    seed: int = 0
+    train_dialogues: int = 3000
+
+
+RECIPES: dict[str, Recipe] = {"pie-t5-tiny": Recipe(method="pie")}
+
+
+def names() -> list[str]:
+    """Every name ``load`` accepts: the shipped checkpoints, then the hub models."""
+    return sorted(RECIPES) + sorted(HUB_MODELS)
+
+
+def path(name: str) -> pathlib.Path:
+    """The folder of a shipped checkpoint (config.json, model.safetensors, tokenizer.json)."""
+    check_choice("name", name, sorted(RECIPES))
+    return CHECKPOINTS / name
+
+
+def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
+    """Load a shipped checkpoint, or a hub model when the hub is reachable; eval mode."""
+    check_choice("name", name, names())
+    if name in HUB_MODELS:
+        return _load_from_hub(name, device)
+    folder = path(name)
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"{name} is not built; run: python -m pidutils.zoo train {name}")
+    model = T5ForConditionalGeneration.from_pretrained(folder).to(device).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if the hub answers within ``timeout`` seconds (never when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_from_hub(name: str, device: str | torch.device):
+    if not hub_reachable():
+        raise ConnectionError(
+            f"{name} needs the Hugging Face hub, which is not reachable from here (or HF_HUB_OFFLINE is "
+            f"set). Offline, use a shipped checkpoint: {', '.join(sorted(RECIPES))} "
+            f"(pidutils.zoo.load), or a random model at its shape: pidutils.models.random_t5('{name}').")
+    from transformers import AutoTokenizer
+    model = T5ForConditionalGeneration.from_pretrained(HUB_MODELS[name]).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(HUB_MODELS[name])
+
+
+def new_model(recipe: Recipe, vocab_size: int) -> T5ForConditionalGeneration:
+    """A freshly initialised T5 at the recipe's shape and the tokenizer's vocabulary size (seeded)."""
+    torch.manual_seed(recipe.seed)
+    config = T5Config(d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv, num_heads=recipe.num_heads,
+                      num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers,
+                      vocab_size=vocab_size, dropout_rate=0.0, decoder_start_token_id=0,
+                      pad_token_id=0, eos_token_id=1, attn_implementation="sdpa")
+    return T5ForConditionalGeneration(config)
+
+
+def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, report: dict,
+         folder: pathlib.Path | None = None) -> pathlib.Path:
+    """Write a checkpoint in Hugging Face format, with its training report."""
+    folder = folder or path(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return folder
+
+
+def report(name: str) -> dict:
+    """The training report shipped with a checkpoint: wall time, FLOPs, test JGA and slot accuracy."""
+    return json.loads((path(name) / "train_report.json").read_text())
+
+
+def recipe_dict(name: str) -> dict:
+    """A recipe as a plain dict, for the report."""
+    return asdict(RECIPES[check_choice("name", name, sorted(RECIPES))])
