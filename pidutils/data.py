@@ -31,7 +31,7 @@ HOTELS = ["acorn guest house", "the lensfield hotel", "alexander bed and breakfa
           "avalon", "the cambridge belfry", "express by holiday inn"]
 RESTAURANTS = ["pizza hut city centre", "the golden curry", "curry garden", "la margherita", "nandos",
                "the copper kettle", "yippee noodle bar", "the nirala", "frankie and bennys", "golden wok",
-               "restaurant one seven", "the cow pizza kitchen and bar"]
+               "restaurant one seven", "the cow pizza kitchen"]
 ATTRACTIONS = ["kings college", "the fitzwilliam museum", "cherry hinton water play", "saint johns college",
                "the cambridge corn exchange", "byard art", "williams art and antiques", "abbey pool",
                "the place", "scott polar museum", "clare hall", "wandlebury country park"]

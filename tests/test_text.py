@@ -1,0 +1,97 @@
+"""Tokenizer, metrics and PIE decoding on a random tiny model."""
+import time
+
+import pytest
+import torch
+
+from pidutils import data, metrics, zoo
+from pidutils.models import random_t5
+from pidutils.pie import pie_generate
+from pidutils.tokenizer import check_vocab, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return data.make_dataset(train=200, validation=5, test=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return train_tokenizer(list(corpus["train"]["dialogue"]) + [" ".join(data.SLOTS)] * 10, 600)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    m = random_t5("t5-tiny")
+    m.resize_token_embeddings(len(tokenizer))
+    return m
+
+
+def test_tokenizer_round_trips_and_follows_t5_conventions(tokenizer, corpus):
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    for text in list(corpus["test"]["dialogue"]) + [" ".join(data.SLOTS)]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[-1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_metrics_on_hand_made_cases():
+    gold = [["a", "none", "x"], ["b", "c", "none"]]
+    assert metrics.joint_goal_accuracy(gold, gold) == 1.0
+    assert metrics.joint_goal_accuracy([["a", "none", "x"], ["b", "none", "none"]], gold) == 0.5
+    assert metrics.slot_accuracy([["a", "none", "x"], ["b", "none", "none"]], gold) == pytest.approx(5 / 6)
+    assert metrics.slot_accuracy([["z", "z", "z"], ["z", "z", "z"]], gold) == 0.0
+    with pytest.raises(ValueError, match="same number"):
+        metrics.joint_goal_accuracy([], [])
+    with pytest.raises(ValueError, match="as many predicted values"):
+        metrics.slot_accuracy([["a"], ["b"]], gold)
+
+
+def test_pie_answers_every_prompt_and_batching_does_not_change_answers(model, tokenizer, corpus):
+    docs = corpus["test"]["dialogue"][:2]
+    prompts = [data.SLOTS[:3], data.SLOTS[5:7]]
+    batched = pie_generate(model, tokenizer, docs, prompts, max_new_tokens=4)
+    assert [len(a) for a in batched] == [3, 2]
+    one_by_one = [[pie_generate(model, tokenizer, [d], [[p]], max_new_tokens=4)[0][0] for p in ps]
+                  for d, ps in zip(docs, prompts)]
+    assert batched == one_by_one
+
+
+@pytest.mark.parametrize("documents, prompts, match", [
+    (["a dialogue"], [[]], r"U \(the number of prompts"),
+    (["a dialogue"], [["hotel-area", " "]], "empty prompt"),
+    ([], [], "at least one document"),
+    (["one", "two"], [["hotel-area"]], "same batch size"),
+    (["word " * 600], [["hotel-area"]], "at most 512 tokens"),
+])
+def test_pie_bad_input(model, tokenizer, documents, prompts, match):
+    with pytest.raises(ValueError, match=match):
+        pie_generate(model, tokenizer, documents, prompts)
+
+
+def test_vocabulary_mismatch_is_an_error(tokenizer):
+    with pytest.raises(ValueError, match="same vocabulary"):
+        check_vocab(tokenizer, random_t5("t5-tiny"))
+
+
+def test_zoo_names_and_offline_hub(monkeypatch):
+    with pytest.raises(ValueError, match="pie-t5-tiny"):
+        zoo.load("no-such-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="Offline, use a shipped checkpoint: pie-t5-tiny"):
+        zoo.load("t5-small")
+    assert time.perf_counter() - start < 5
+
+
+def test_training_loop_lowers_the_loss_and_reports_flops(model, tokenizer, corpus):
+    from pidutils.pie import pie_batches
+    from pidutils.train import train
+    m = random_t5("t5-tiny", seed=1)
+    m.resize_token_embeddings(len(tokenizer))
+    report = train(m, pie_batches(corpus["train"], tokenizer, batch_size=4), lambda b: 1.0, steps=30,
+                   lr=3e-3, warmup=5, progress=False, validate=lambda _: {"x": 1.0}, validate_every=10)
+    assert report.flops == 30 and len(report.validation) == 3
+    assert sum(report.losses[-5:]) < sum(report.losses[:5])
+    with pytest.raises(ValueError, match="steps must be in"):
+        train(m, None, None, steps=0)
