@@ -2,7 +2,6 @@
 import time
 
 import pytest
-import torch
 
 from pidutils import data, metrics, zoo
 from pidutils.models import random_t5
