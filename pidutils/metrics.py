@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .checks import check_int
+
 
 def _check(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> None:
     if len(predicted) != len(gold) or not gold:
@@ -35,8 +37,7 @@ def evaluate(predict, split, batch_size: int = 8) -> dict[str, float]:
 
     ``split`` has the columns of :func:`pidutils.data.make_dataset` (dialogue, slots, values).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be in [1, inf), got {batch_size}")
+    check_int("batch_size", batch_size, 1)
     predicted, gold = [], []
     for start in range(0, len(split), batch_size):
         rows = split[start:start + batch_size]

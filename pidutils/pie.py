@@ -41,7 +41,8 @@ def tokenize_checked(tokenizer: PreTrainedTokenizerFast, texts: list[str], what:
         if max(lengths) > limit:
             raise ValueError(f"{what} must be at most {limit} tokens (the model's limit) unless "
                              f"truncation=True; the longest is {max(lengths)}")
-    enc = tokenizer(texts, padding=True, truncation=truncation, max_length=limit, return_tensors="pt")
+    enc = tokenizer(texts, padding=True, return_tensors="pt",
+                    **({"truncation": True, "max_length": limit} if truncation else {}))
     return {k: v.to(device) for k, v in enc.items()}
 
 

@@ -94,3 +94,20 @@ def test_training_loop_lowers_the_loss_and_reports_flops(model, tokenizer, corpu
     assert sum(report.losses[-5:]) < sum(report.losses[:5])
     with pytest.raises(ValueError, match="steps must be in"):
         train(m, None, None, steps=0)
+
+
+def test_truncation_on_request_answers_an_overlong_document(model, tokenizer):
+    answers = pie_generate(model, tokenizer, ["word " * 600], [["hotel-area"]], max_new_tokens=2,
+                           truncation=True)
+    assert len(answers) == 1 and len(answers[0]) == 1
+
+
+def test_evaluate_scores_a_predictor_on_a_split(corpus):
+    split = corpus["test"]
+    gold = {d: v for d, v in zip(split["dialogue"], split["values"])}
+    perfect = metrics.evaluate(lambda docs, prompts: [gold[d] for d in docs], split, batch_size=2)
+    assert perfect == {"jga": 1.0, "slot_accuracy": 1.0}
+    all_none = metrics.evaluate(lambda docs, prompts: [["none"] * len(p) for p in prompts], split)
+    assert all_none["jga"] < 1.0 and 0.5 < all_none["slot_accuracy"] < 1.0
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        metrics.evaluate(None, split, batch_size=0)

@@ -113,11 +113,6 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
     return folder
 
 
-def report(name: str) -> dict:
-    """The training report shipped with a checkpoint: wall time, FLOPs, test JGA and slot accuracy."""
-    return json.loads((path(name) / "train_report.json").read_text())
-
-
 def recipe_dict(name: str) -> dict:
     """A recipe as a plain dict, for the report."""
     return asdict(RECIPES[check_choice("name", name, sorted(RECIPES))])
