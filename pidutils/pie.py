@@ -68,19 +68,34 @@ def pie_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeniz
     return result
 
 
-def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 32):
-    """Training batches for PIE: random (dialogue, slot) pairs, half of them slots that are set.
+def length_buckets(lengths: Sequence[int], batch_size: int):
+    """``draw(rng)`` -> ``batch_size`` indices of items of similar length (a random window of the sorted order).
+
+    Batches of similar length waste little compute on padding (chapter 2).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    window = min(len(order), 4 * batch_size)
+
+    def draw(rng) -> list[int]:
+        start = rng.randrange(len(order) - window + 1)
+        return rng.sample(order[start:start + window], min(batch_size, window))
+
+    return draw
+
+
+def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8):
+    """Training batches for PIE: (dialogue, slot) pairs of similar length, half of them slots that are set.
 
     Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train`; the labels are the answer
     tokens and ``</s>``, padding masked with -100.
     """
     check_int("batch_size", batch_size, 2)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
+    draw = length_buckets([len(d.split()) for d in dialogues], batch_size)
 
     def next_batch(rng) -> dict:
         sources, targets = [], []
-        for k in range(batch_size):
-            i = rng.randrange(len(dialogues))
+        for k, i in enumerate(draw(rng)):
             set_slots = [j for j, v in enumerate(values[i]) if v != "none"]
             j = rng.choice(set_slots) if (k % 2 == 0 and set_slots) else rng.randrange(len(slots[i]))
             sources.append(pie_source(slots[i][j], dialogues[i]))

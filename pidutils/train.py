@@ -38,12 +38,14 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
 def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
           batch_flops: Callable[[dict], float], steps: int, lr: float = 1e-3, warmup: int = 100,
           clip: float = 1.0, seed: int = 0, validate: Callable[[torch.nn.Module], dict] | None = None,
-          validate_every: int = 500, progress: bool = True) -> TrainReport:
+          validate_every: int = 500, progress: bool = True,
+          loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> TrainReport:
     """Train ``model`` for ``steps`` steps on batches from ``next_batch(rng)``.
 
     ``next_batch`` returns keyword arguments for ``model(**batch)`` (with ``labels``);
     ``batch_flops(batch)`` estimates one step's training FLOPs (see
-    :func:`pidutils.cost.training_flops`).
+    :func:`pidutils.cost.training_flops`); ``loss_fn(model, batch)`` replaces ``model(**batch).loss``
+    (PID trains with :func:`pidutils.pid.pid_loss`).
     """
     check_int("steps", steps, 1)
     check_int("warmup", warmup, 0)
@@ -60,7 +62,7 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
     for step in bar:
         model.train()
         batch = next_batch(rng)
-        loss = model(**batch).loss
+        loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -36,15 +36,19 @@ class Recipe:
     num_layers: int = 3
     num_decoder_layers: int = 2
     vocab_size: int = 1000  # the tokenizer's target; the model takes the size it reaches
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 200
+    steps: int = 8000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 300
     seed: int = 0
     train_dialogues: int = 3000
+    validate_every: int = 1000
 
 
-RECIPES: dict[str, Recipe] = {"pie-t5-tiny": Recipe(method="pie")}
+RECIPES: dict[str, Recipe] = {
+    "pie-t5-tiny": Recipe(method="pie"),
+    "pid-t5-tiny": Recipe(method="pid", steps=2000, validate_every=250),
+}
 
 
 def names() -> list[str]:

@@ -1,4 +1,9 @@
-"""How each shipped checkpoint is trained: data, tokenizer, model, loop, evaluation (chapter 2)."""
+"""How each shipped checkpoint is trained: data, tokenizer, model, loop, evaluation (chapters 2 and 3).
+
+``pie`` checkpoints learn from (Z_u : X -> Y_u) pairs, one encoding per prompt; ``pid`` checkpoints
+encode each dialogue once and learn all its slots at once, prompts in the decoder, the loss on the
+answers only. Both use the same data, tokenizer recipe, shape, loop and evaluation.
+"""
 from __future__ import annotations
 
 from ..checks import check_int
@@ -6,10 +11,22 @@ from ..cost import training_flops
 from ..data import SLOTS, make_dataset
 from ..metrics import evaluate
 from ..models import count_parameters
+from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
 from ..tokenizer import train_tokenizer
 from ..train import train
 from . import RECIPES, new_model
+
+
+def decoder_tokens(batch: dict) -> int:
+    """Decoder tokens one training step processes (PIE: answer and ``</s>``; PID: prompt row tokens too).
+
+    PID rows are right-padded with the pad id, which is also the start token at position 0 of each row.
+    """
+    if "decoder_input_ids" not in batch:
+        return int((batch["labels"] != -100).sum())
+    ids = batch["decoder_input_ids"]
+    return int((ids[:, 1:] != 0).sum()) + ids.shape[0]
 
 
 def train_checkpoint(name: str, steps: int | None = None):
@@ -22,18 +39,22 @@ def train_checkpoint(name: str, steps: int | None = None):
     model = new_model(recipe, len(tokenizer))
     enc_params = count_parameters(model.get_encoder().block)
     dec_params = count_parameters(model.get_decoder().block) + model.lm_head.weight.numel()
+    generate = pid_generate if recipe.method == "pid" else pie_generate
 
     def predict(documents, prompts):
-        return pie_generate(model, tokenizer, documents, prompts)
+        return generate(model, tokenizer, documents, prompts)
 
     def batch_flops(batch: dict) -> float:
-        return training_flops(enc_params, dec_params, int(batch["attention_mask"].sum()),
-                              int((batch["labels"] != -100).sum()))
+        return training_flops(enc_params, dec_params, int(batch["attention_mask"].sum()), decoder_tokens(batch))
 
+    if recipe.method == "pid":
+        batches, loss_fn = pid_batches(data["train"], tokenizer, model, recipe.batch_size), pid_loss
+    else:
+        batches, loss_fn = pie_batches(data["train"], tokenizer, recipe.batch_size), None
     validation = data["validation"].select(range(50))
-    run = train(model, pie_batches(data["train"], tokenizer, recipe.batch_size), batch_flops, steps,
-                lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
-                validate=lambda m: evaluate(predict, validation), validate_every=500)
+    run = train(model, batches, batch_flops, steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
+                validate=lambda m: evaluate(predict, validation), validate_every=recipe.validate_every,
+                loss_fn=loss_fn)
     result = {"name": name, "steps": steps, "wall_seconds": run.wall_seconds, "train_flops": run.flops,
               "final_loss": run.final_loss, "validation": run.validation,
               "test": evaluate(predict, data["test"])}
