@@ -7,6 +7,7 @@ experiment with ``python -m pidutils.bench <experiment> [--device cpu|cuda] [--j
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -114,6 +115,28 @@ def measure_device(device: torch.device | str = "cpu", dtype: torch.dtype = torc
                   peak_flops=2 * size**3 / matmul.median,
                   bandwidth=2 * src.numel() * 4 / copy.median,  # read + write
                   dtype=str(dtype).removeprefix("torch."))
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """Peak bytes allocated while ``fn()`` runs, above what was allocated before it.
+
+    On CUDA, the caching allocator's peak counter. On the CPU, torch's profiler records every
+    allocation and free in order; the peak of their running sum is the same quantity.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    changes = (e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage for e in events)
+    return max(itertools.accumulate(changes, initial=0))
 
 
 def main(argv: list[str] | None = None) -> int:

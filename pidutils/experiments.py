@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import torch
 
-from .bench import compare, describe, speedup, time_fn
+from .bench import Timing, compare, describe, peak_memory, speedup, time_fn
 from .checks import check_choice
 from .cost import Device, forward_work
 from .decode import decode_n_tokens, greedy_uncached
-from .models import pick_device, random_t5, weights_per_decode_step
+from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
+from .multiprompt import METHODS, answer_fn, encoder_tokens, predicted_work, shape_of, workload
 
 EXPERIMENTS: dict[str, Callable[[torch.device], dict]] = {}
 
@@ -84,3 +85,77 @@ def decode_latency(model, device: torch.device, roof: Device, batch: int, new_to
     predicted = sum(decode_step_work(model, batch, source_len + t).roofline_seconds(roof)
                     for t in range(new_tokens))
     return measured, predicted
+
+
+def _multiprompt_models(device: torch.device, shape: str | None):
+    """PIE's and PID's models and tokenizer: the shipped tiny checkpoints, or random ones at ``shape``."""
+    from . import zoo
+    if shape is None:
+        (pie_model, tokenizer), (pid_model, _) = zoo.load("pie-t5-tiny", device), zoo.load("pid-t5-tiny", device)
+        return {"PIE": pie_model, "PID-copy": pid_model, "PID-shared": pid_model}, tokenizer, "shipped tiny"
+    _, tokenizer = zoo.load("pid-t5-tiny")
+    model = random_t5(shape, device=device).to(pick_dtype(device))
+    model.resize_token_embeddings(len(tokenizer))
+    return {m: model for m in METHODS}, tokenizer, f"random {shape}"
+
+
+def time_methods(methods: dict[str, object], tokenizer, split, device: torch.device, U: int, b: int,
+                 repeats: int = 3) -> dict[str, Timing]:
+    """Time each method's answers to the same ``b`` dialogues and ``U`` prompts, interleaved."""
+    documents, prompts = workload(split, b, U)
+    fns = {m: answer_fn(m, model, tokenizer, documents, prompts) for m, model in methods.items()}
+    return compare(fns, device, warmup=1, repeats=repeats)
+
+
+@experiment("pie")
+def pie_latency(device: torch.device, Us: tuple[int, ...] = (1, 5, 10, 30), repeats: int = 5) -> dict:
+    """PIE's latency per dialogue as U grows, with the shipped ``pie-t5-tiny`` (chapter 2)."""
+    from . import zoo
+    model, tokenizer = zoo.load("pie-t5-tiny", device)
+    split = zoo.test_split("pie-t5-tiny")
+    result = {"experiment": "pie", "setup": describe(device, model.dtype, model="pie-t5-tiny", b=1), "rows": []}
+    print(result["setup"])
+    for U in Us:
+        documents, prompts = workload(split, 1, U)
+        t = time_methods({"PIE": model}, tokenizer, split, device, U, 1, repeats)["PIE"]
+        tokens = encoder_tokens("PIE", tokenizer, documents, prompts)
+        result["rows"].append({"U": U, "PIE_s": t.median, "encoder_tokens": tokens})
+        print(f"U={U:2d}: PIE {t}  ({tokens} encoder tokens)")
+    return result
+
+
+@experiment("pid")
+def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, ...] = (1, 5, 10, 30),
+                 batches: tuple[int, ...] = (1, 8), repeats: int = 3) -> dict:
+    """PID-shared against PIE and PID-copy, single and batched, with FLOPs and peak memory (chapter 3).
+
+    On the CPU it uses the shipped tiny checkpoints; on CUDA, random models at T5-base shapes
+    (latency depends on shapes only), which never stop early, so every method decodes 8 tokens.
+    """
+    from . import zoo
+    shape = shape or ("t5-base" if device.type == "cuda" else None)
+    models, tokenizer, what = _multiprompt_models(device, shape)
+    split = zoo.test_split("pid-t5-tiny")
+    dtype = models["PID-shared"].dtype
+    result = {"experiment": "pid", "setup": describe(device, dtype, models=what), "rows": []}
+    print(result["setup"])
+    for b in batches:
+        for U in Us:
+            documents, prompts = workload(split, b, U)
+            runs = {m: answer_fn(m, model, tokenizer, documents, prompts) for m, model in models.items()}
+            if runs["PID-shared"]() != runs["PID-copy"]():
+                raise AssertionError("PID-shared and PID-copy disagree")
+            t = time_methods(models, tokenizer, split, device, U, b, repeats)
+            shape_ = shape_of(tokenizer, documents, prompts, runs["PID-shared"]())
+            flops = {m: sum(w.flops for w in predicted_work(m, models[m], b, U, **shape_)) for m in METHODS}
+            row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in METHODS},
+                   "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),
+                   "speedup_vs_copy": speedup(t["PID-copy"], t["PID-shared"]),
+                   "flops_ratio": flops["PID-shared"] / flops["PIE"],
+                   **{f"{m}_peak_bytes": peak_memory(runs[m], device) for m in METHODS}}
+            result["rows"].append(row)
+            print(f"b={b} U={U:2d}: PIE {t['PIE'].median * 1e3:8.1f} ms | PID-copy {t['PID-copy'].median * 1e3:7.1f} ms"
+                  f" | PID-shared {t['PID-shared'].median * 1e3:7.1f} ms | vs PIE {row['speedup_vs_pie']:5.2f}x"
+                  f" | vs copy {row['speedup_vs_copy']:4.2f}x | FLOPs {row['flops_ratio']:.3f}x"
+                  f" | peak MB " + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in METHODS))
+    return result

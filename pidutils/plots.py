@@ -85,3 +85,47 @@ def roofline(device: Device, points: dict[str, tuple[float, float]],
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str) -> None:
+    ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=color, edgecolor="black", lw=1))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
+
+
+def _arrow(ax, x0: float, y0: float, x1: float, y1: float) -> None:
+    ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "lw": 1})
+
+
+def pie_pid_diagram(U: int = 3) -> plt.Figure:
+    """The PID paper's Figures 1 and 2, redrawn: U encodings M_u (PIE) against one shared M (PID).
+
+    Chapter 3. Left, PIE encodes "Z_u : X" U times and each decoder reads its own M_u; right, PID
+    encodes X once, and U decoders, each starting from its prompt Z_u, read the same M.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    for ax, title in ((left, "PIE: one encoding per prompt"), (right, "PID: encode once, decode in parallel")):
+        ax.set_xlim(0, 10)
+        ax.set_ylim(0, U * 1.2 + 0.4)
+        ax.axis("off")
+        ax.set_title(title, fontsize=10)
+    for u in range(U):
+        y = U * 1.2 - 1.0 - u * 1.2
+        name = f"{u + 1}" if u < U - 1 else "U"
+        _box(left, 0.2, y, 2.6, 0.8, f"$Z_{name}$ : $X$", "#dbe9f6")
+        _arrow(left, 2.8, y + 0.4, 3.6, y + 0.4)
+        _box(left, 3.6, y, 1.6, 0.8, f"encoder\n→ $M_{name}$", "#f6e3c7")
+        _arrow(left, 5.2, y + 0.4, 6.2, y + 0.4)
+        _box(left, 6.2, y, 1.6, 0.8, "decoder", "#d8efd3")
+        _arrow(left, 7.8, y + 0.4, 8.4, y + 0.4)
+        left.text(8.5, y + 0.4, f"$Y_{name}$", va="center", fontsize=9)
+        _box(right, 4.9, y, 2.6, 0.8, f"decoder\n<s> $Z_{name}$ :", "#d8efd3")
+        _arrow(right, 3.7, U * 0.6 + 0.2, 4.9, y + 0.4)
+        _arrow(right, 7.5, y + 0.4, 8.2, y + 0.4)
+        right.text(8.3, y + 0.4, f"$Y_{name}$", va="center", fontsize=9)
+    mid = U * 0.6 - 0.2
+    _box(right, 0.2, mid, 1.2, 0.8, "$X$", "#dbe9f6")
+    _arrow(right, 1.4, mid + 0.4, 2.1, mid + 0.4)
+    _box(right, 2.1, mid, 1.6, 0.8, "encoder\n→ $M$", "#f6e3c7")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -74,6 +74,11 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditiona
     return model, PreTrainedTokenizerFast.from_pretrained(folder)
 
 
+def train_report(name: str) -> dict:
+    """The training report shipped with a checkpoint: wall time, machine, FLOPs, validation, test scores."""
+    return json.loads((path(name) / "train_report.json").read_text())
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True if the hub answers within ``timeout`` seconds (never when HF_HUB_OFFLINE is set)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
@@ -115,6 +120,13 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
     tokenizer.save_pretrained(folder)
     (folder / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return folder
+
+
+def test_split(name: str):
+    """The test split the named checkpoint is evaluated on (its recipe's data seed and sizes)."""
+    from ..data import make_dataset
+    recipe = RECIPES[check_choice("name", name, sorted(RECIPES))]
+    return make_dataset(train=recipe.train_dialogues, seed=recipe.seed)["test"]
 
 
 def recipe_dict(name: str) -> dict:
