@@ -79,6 +79,29 @@ PHRASES: dict[str, list[str]] = {
     "leaveat": ["leaving after {v}", "departing after {v}"],
     "arriveby": ["arriving by {v}", "to get there by {v}"],
 }
+# Where a slot word is shared by domains, users name the domain with it, as MultiWOZ users mostly do
+# ("a table for 4", "a taxi to ..."): these phrases override PHRASES for those slots.
+DOMAIN_PHRASES: dict[str, list[str]] = {
+    "hotel-pricerange": ["a {v} hotel", "the hotel should be {v}"],
+    "restaurant-pricerange": ["a {v} restaurant", "the restaurant should be {v}"],
+    "hotel-area": ["a hotel in the {v}", "staying in the {v}"],
+    "restaurant-area": ["a restaurant in the {v}", "eating in the {v}"],
+    "attraction-area": ["an attraction in the {v}", "something to see in the {v}"],
+    "hotel-book day": ["checking in on {v}", "a room from {v}"],
+    "restaurant-book day": ["a table on {v}", "dinner on {v}"],
+    "train-day": ["a train on {v}", "travelling by train on {v}"],
+    "hotel-book people": ["a room for {v} people", "{v} hotel guests"],
+    "restaurant-book people": ["a table for {v} people", "dinner for {v} people"],
+    "train-book people": ["{v} train tickets", "train tickets for {v} people"],
+    "train-leaveat": ["a train leaving after {v}", "the train should leave after {v}"],
+    "taxi-leaveat": ["a taxi leaving after {v}", "pick me up after {v}"],
+    "train-arriveby": ["a train arriving by {v}", "the train should arrive by {v}"],
+    "taxi-arriveby": ["the taxi should arrive by {v}", "get me there by {v}"],
+    "train-departure": ["a train from {v}", "the train departs from {v}"],
+    "taxi-departure": ["pick me up from {v}", "a taxi from {v}"],
+    "train-destination": ["a train to {v}", "the train goes to {v}"],
+    "taxi-destination": ["a taxi to {v}", "drop me at {v}"],
+}
 DONTCARE_PHRASES = ["any {s} is fine", "i do not care about the {s}", "the {s} does not matter"]
 DONTCARE_OK = {"pricerange", "area", "parking", "internet", "stars", "type", "food"}
 OPENERS = {
@@ -126,20 +149,25 @@ def _slot_word(slot: str) -> str:
 def _mention(rng: random.Random, slot: str, value: str) -> str:
     word = _slot_word(slot)
     if value == DONTCARE:
-        return rng.choice(DONTCARE_PHRASES).format(s=word.replace("pricerange", "price"))
-    return rng.choice(PHRASES[word]).format(v=value)
+        domain = slot.split("-", 1)[0]
+        return rng.choice(DONTCARE_PHRASES).format(s=f"{domain} {word.replace('pricerange', 'price')}")
+    return rng.choice(DOMAIN_PHRASES.get(slot, PHRASES[word])).format(v=value)
 
 
-def _domain_turns(rng: random.Random, domain: str, state: dict[str, str]) -> list[str]:
-    """The user/system turns about one domain; fills ``state`` with what the user asked for."""
+def _domain_turns(rng: random.Random, domain: str, state: dict[str, str], carried: set[str]) -> list[str]:
+    """The user/system turns about one domain; fills ``state`` with what the user asked for.
+
+    ``carried`` collects the slots a value was carried from or to, which later turns leave unchanged.
+    """
     slots = [s for s in SLOTS if s.startswith(domain + "-")]
     carries = [c for c in CARRIES if c[0].startswith(domain + "-") and c[1] in state
                and state[c[1]] not in (NONE, DONTCARE)]
     chosen = rng.sample(slots, k=rng.randint(2, min(5, len(slots))))
     mentions: list[str] = []
     for target, source, phrase in carries:
-        if rng.random() < 0.7:
+        if target not in carried and rng.random() < 0.7:  # one carry per slot
             state[target] = state[source]
+            carried.update((target, source))
             mentions.append(phrase)
             chosen = [s for s in chosen if s != target]
     offered: str | None = None
@@ -170,9 +198,11 @@ def _domain_turns(rng: random.Random, domain: str, state: dict[str, str]) -> lis
     return turns
 
 
-def _change_turns(rng: random.Random, state: dict[str, str]) -> list[str]:
-    """A late change of mind: "actually, make it 5 people"."""
-    changeable = [s for s, v in state.items() if v not in (NONE, DONTCARE) and _slot_word(s) != "name"]
+def _change_turns(rng: random.Random, state: dict[str, str], carried: set[str]) -> list[str]:
+    """A late change of mind: "actually, make it 5 people" (never of a carried value, whose meaning
+    "the same day as the hotel" a change would make ambiguous)."""
+    changeable = [s for s, v in state.items()
+                  if v not in (NONE, DONTCARE) and _slot_word(s) != "name" and s not in carried]
     if not changeable or rng.random() < 0.6:
         return []
     slot = rng.choice(changeable)
@@ -190,13 +220,14 @@ def make_dialogue(seed: int) -> dict:
     domains = rng.sample(DOMAINS, k=rng.choice([1, 2, 2, 3, 3]))
     domains.sort(key=lambda d: d == "taxi")  # a taxi usually comes last, to carry a place
     state: dict[str, str] = {}
+    carried: set[str] = set()
     turns: list[str] = []
     for domain in domains:
-        turns += _domain_turns(rng, domain, state)
+        turns += _domain_turns(rng, domain, state, carried)
         for exchange in rng.sample(SMALL_TALK, k=rng.randint(2, 4)):
             if sum(len(t.split()) for t in turns) < MAX_WORDS - 60:  # stay within the model's limit
                 turns += list(exchange)
-    turns += _change_turns(rng, state)
+    turns += _change_turns(rng, state, carried)
     turns.append(f"user : {rng.choice(['thank you , that is all', 'thanks , goodbye', 'that is everything'])} .")
     return {"dialogue": " ".join(turns), "slots": SLOTS,
             "values": [state.get(s, NONE) for s in SLOTS]}

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from .checks import check_choice, check_int
-from .pie import check_prompts, tokenize_checked
+from .pie import check_prompts, length_buckets, tokenize_checked
 from .tokenizer import check_vocab
 
 SEPARATOR = ":"
@@ -309,7 +309,8 @@ def pid_reference(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeni
 
 # --- Training: the encoder once per dialogue, the loss on the answers only ----------------------
 
-def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, batch_size: int = 8):
+def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, batch_size: int = 8,
+                curriculum: int = 0):
     """Training batches for PID: dialogues of similar length, each with all its slots as prompts.
 
     Each decoder row is ``<start> Z_u : Y_u </s>``, right-padded; ``labels`` holds the next token
@@ -317,10 +318,9 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
     the answers only. Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train` with
     :func:`pid_loss`.
     """
-    from .pie import length_buckets
     check_int("batch_size", batch_size, 1)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = length_buckets([len(d.split()) for d in dialogues], batch_size)
+    draw = length_buckets([len(d.split()) for d in dialogues], batch_size, curriculum)
     start, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
 
     def next_batch(rng) -> dict:

@@ -68,22 +68,30 @@ def pie_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeniz
     return result
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int):
+def length_buckets(lengths: Sequence[int], batch_size: int, curriculum: int = 0):
     """``draw(rng)`` -> ``batch_size`` indices of items of similar length (a random window of the sorted order).
 
-    Batches of similar length waste little compute on padding (chapter 2).
+    Batches of similar length waste little compute on padding. With ``curriculum`` > 0, the first
+    draws come from the shortest quarter of the items, and the range grows linearly to all of them
+    over ``curriculum`` draws (sequence-length warm-up: short dialogues first). Chapter 2.
     """
+    check_int("curriculum", curriculum, 0)
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     window = min(len(order), 4 * batch_size)
+    draws = 0
 
     def draw(rng) -> list[int]:
-        start = rng.randrange(len(order) - window + 1)
+        nonlocal draws
+        share = 1.0 if draws >= curriculum else 0.25 + 0.75 * draws / curriculum
+        draws += 1
+        span = max(window, round(share * len(order)))
+        start = rng.randrange(span - window + 1)
         return rng.sample(order[start:start + window], min(batch_size, window))
 
     return draw
 
 
-def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8):
+def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8, curriculum: int = 0):
     """Training batches for PIE: (dialogue, slot) pairs of similar length, half of them slots that are set.
 
     Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train`; the labels are the answer
@@ -91,7 +99,7 @@ def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8):
     """
     check_int("batch_size", batch_size, 2)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = length_buckets([len(d.split()) for d in dialogues], batch_size)
+    draw = length_buckets([len(d.split()) for d in dialogues], batch_size, curriculum)
 
     def next_batch(rng) -> dict:
         sources, targets = [], []

@@ -52,6 +52,6 @@ def test_timing_cells_are_ignored_by_nbval():
     for nb in NOTEBOOKS:
         for cell in _code_cells(nb):
             src = "".join(cell["source"])
-            if any(f"{word}(" in src for word in ("compare", "time_fn", "measure_device", "decode_latency",
-                                                   "decode_cache", "callback")):
+            if any(f"{word}(" in src for word in ("compare", "time_fn", "measure_device", "latency",
+                                                   "decode_cache", "callback", "time_methods")):
                 assert "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []), src[:80]

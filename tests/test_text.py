@@ -78,7 +78,7 @@ def test_zoo_names_and_offline_hub(monkeypatch):
         zoo.load("no-such-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(ConnectionError, match="Offline, use a shipped checkpoint: pie-t5-tiny"):
+    with pytest.raises(ConnectionError, match="Offline, use a shipped checkpoint: pid-t5-tiny, pie-t5-tiny"):
         zoo.load("t5-small")
     assert time.perf_counter() - start < 5
 
@@ -111,3 +111,19 @@ def test_evaluate_scores_a_predictor_on_a_split(corpus):
     assert all_none["jga"] < 1.0 and 0.5 < all_none["slot_accuracy"] < 1.0
     with pytest.raises(ValueError, match="batch_size must be in"):
         metrics.evaluate(None, split, batch_size=0)
+
+
+def test_length_buckets_group_similar_lengths_and_warm_up_from_the_shortest():
+    import random
+    from pidutils.pie import length_buckets
+    lengths = list(range(1000, 0, -1))  # item i has length 1000 - i
+    draw = length_buckets(lengths, batch_size=4, curriculum=100)
+    rng = random.Random(0)
+    first = [draw(rng) for _ in range(20)]
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) < 16 for b in first)
+    assert max(lengths[i] for i in first[0]) <= 250  # the shortest quarter first,
+    assert all(lengths[i] <= 400 for b in first for i in b)  # growing by 0.75% of the items per draw
+    later = [draw(rng) for _ in range(400)][100:]
+    assert max(lengths[i] for b in later for i in b) > 900  # after the warm-up, every length
+    with pytest.raises(ValueError, match="curriculum must be in"):
+        length_buckets(lengths, 4, curriculum=-1)

@@ -43,11 +43,12 @@ class Recipe:
     seed: int = 0
     train_dialogues: int = 3000
     validate_every: int = 1000
+    curriculum: int = 0  # steps of sequence-length warm-up (short dialogues first)
 
 
 RECIPES: dict[str, Recipe] = {
-    "pie-t5-tiny": Recipe(method="pie"),
-    "pid-t5-tiny": Recipe(method="pid", steps=2000, validate_every=250),
+    "pie-t5-tiny": Recipe(method="pie", steps=7000, curriculum=2000),
+    "pid-t5-tiny": Recipe(method="pid", steps=4000, validate_every=250, curriculum=1200),
 }
 
 

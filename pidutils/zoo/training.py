@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..checks import check_int
 from ..cost import training_flops
-from ..data import SLOTS, make_dataset
+from ..data import DONTCARE, NONE, SLOTS, make_dataset
 from ..metrics import evaluate
 from ..models import count_parameters
 from ..pid import pid_batches, pid_generate, pid_loss
@@ -34,7 +34,7 @@ def train_checkpoint(name: str, steps: int | None = None):
     recipe = RECIPES[name]
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
-    tokenizer = train_tokenizer(list(data["train"]["dialogue"]) + [" ".join(SLOTS)] * 10,
+    tokenizer = train_tokenizer(list(data["train"]["dialogue"]) + [" ".join(SLOTS + [NONE, DONTCARE])] * 10,
                                 recipe.vocab_size)
     model = new_model(recipe, len(tokenizer))
     enc_params = count_parameters(model.get_encoder().block)
@@ -48,9 +48,9 @@ def train_checkpoint(name: str, steps: int | None = None):
         return training_flops(enc_params, dec_params, int(batch["attention_mask"].sum()), decoder_tokens(batch))
 
     if recipe.method == "pid":
-        batches, loss_fn = pid_batches(data["train"], tokenizer, model, recipe.batch_size), pid_loss
+        batches, loss_fn = pid_batches(data["train"], tokenizer, model, recipe.batch_size, recipe.curriculum), pid_loss
     else:
-        batches, loss_fn = pie_batches(data["train"], tokenizer, recipe.batch_size), None
+        batches, loss_fn = pie_batches(data["train"], tokenizer, recipe.batch_size, recipe.curriculum), None
     validation = data["validation"].select(range(50))
     run = train(model, batches, batch_flops, steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
                 validate=lambda m: evaluate(predict, validation), validate_every=recipe.validate_every,
