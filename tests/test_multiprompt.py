@@ -4,49 +4,30 @@ import torch
 
 from pidutils import bench, data, multiprompt, plots, widgets
 from pidutils.cost import Work
-from pidutils.models import random_t5
-from pidutils.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def split():
-    return data.make_dataset(train=100, validation=2, test=4, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(split):
-    return train_tokenizer(list(split["train"]["dialogue"]) + [" ".join(data.SLOTS)] * 10, 600)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    m = random_t5("t5-tiny", seed=2)
-    m.resize_token_embeddings(len(tokenizer))
-    return m.eval()
 
 
 def total(passes: list[Work]) -> Work:
     return Work(sum(w.flops for w in passes), sum(w.bytes for w in passes))
 
 
-def test_workload_takes_the_first_dialogues_and_slots(split):
-    docs, prompts = multiprompt.workload(split["test"], b=2, U=3)
-    assert docs == split["test"]["dialogue"][:2] and prompts == [data.SLOTS[:3]] * 2
+def test_workload_takes_the_first_dialogues_and_slots(corpus):
+    docs, prompts = multiprompt.workload(corpus["test"], b=2, U=3)
+    assert docs == corpus["test"]["dialogue"][:2] and prompts == [data.SLOTS[:3]] * 2
     with pytest.raises(ValueError, match="U must be in \\[1, 30\\]"):
-        multiprompt.workload(split["test"], b=1, U=31)
-    with pytest.raises(ValueError, match="b must be in \\[1, 4\\]"):
-        multiprompt.workload(split["test"], b=5, U=1)
+        multiprompt.workload(corpus["test"], b=1, U=31)
+    with pytest.raises(ValueError, match="b must be in \\[1, 5\\]"):
+        multiprompt.workload(corpus["test"], b=6, U=1)
 
 
-def test_every_method_gives_the_same_answers_on_one_model(model, tokenizer, split):
-    docs, prompts = multiprompt.workload(split["test"], b=2, U=4)
+def test_every_method_gives_the_same_answers_on_one_model(model, tokenizer, corpus):
+    docs, prompts = multiprompt.workload(corpus["test"], b=2, U=4)
     answers = {m: multiprompt.answer_fn(m, model, tokenizer, docs, prompts, 3)() for m in multiprompt.METHODS}
     assert answers["PID-copy"] == answers["PID-shared"]
     assert all(len(a) == 4 for a in answers["PIE"])
 
 
-def test_encoder_tokens_are_U_times_the_document_plus_prompts_for_pie(tokenizer, split):
-    docs, prompts = multiprompt.workload(split["test"], b=1, U=5)
+def test_encoder_tokens_are_U_times_the_document_plus_prompts_for_pie(tokenizer, corpus):
+    docs, prompts = multiprompt.workload(corpus["test"], b=1, U=5)
     n_s = len(tokenizer(docs[0])["input_ids"])
     n_p = sum(len(tokenizer(f"{p} :", add_special_tokens=False)["input_ids"]) for p in prompts[0])
     assert multiprompt.encoder_tokens("PIE", tokenizer, docs, prompts) == 5 * n_s + n_p
@@ -79,14 +60,14 @@ def test_peak_memory_sees_a_known_allocation():
     assert 8_000_000 <= peak < 9_000_000
 
 
-def test_chapter_latency_callbacks_measure_and_plot_every_method(model, tokenizer, split):
+def test_chapter_latency_callbacks_measure_and_plot_every_method(model, tokenizer, corpus):
     roof = bench.measure_device("cpu", size=128, megabytes=8)
     live = plots.LivePlot(xlabel="U")
     models = dict.fromkeys(multiprompt.METHODS, model)
 
     def measure_all(U):  # chapter 3's callback
         for m in multiprompt.METHODS:
-            measured, predicted = multiprompt.latency(m, models[m], tokenizer, split["test"], roof, U=U, repeats=1)
+            measured, predicted = multiprompt.latency(m, models[m], tokenizer, corpus["test"], roof, U=U, repeats=1)
             live.add(m, U, measured * 1e3, predicted * 1e3)
 
     panel = widgets.slider_panel(measure_all, U=(1, 30, 1, 10))

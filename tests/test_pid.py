@@ -5,20 +5,6 @@ from transformers import T5EncoderModel
 
 from pidutils import data, pid
 from pidutils.models import random_t5
-from pidutils.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    corpus = data.make_dataset(train=150, validation=2, test=2, seed=5)
-    return train_tokenizer(list(corpus["train"]["dialogue"]) + [" ".join(data.SLOTS)] * 10, 600)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    m = random_t5("t5-tiny", seed=1)
-    m.resize_token_embeddings(len(tokenizer))
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
