@@ -233,17 +233,6 @@ def make_dialogue(seed: int) -> dict:
             "values": [state.get(s, NONE) for s in SLOTS]}
 
 
-def without_small_talk(dialogue: str) -> str:
-    """The dialogue without its small-talk exchanges: shorter, with the same state.
-
-    The training curriculum starts from these short dialogues, where a value is easy to find
-    (:func:`pidutils.pie.curriculum_text`).
-    """
-    for user, system in SMALL_TALK:
-        dialogue = dialogue.replace(f" {user} {system}", "")
-    return dialogue
-
-
 def make_dataset(train: int = 3000, validation: int = 200, test: int = 200, seed: int = 0) -> DatasetDict:
     """The whole set as a ``DatasetDict``, the same for the same sizes and seed."""
     sizes = {"train": check_int("train", train, 1), "validation": check_int("validation", validation, 1),

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from .checks import check_choice, check_int
-from .pie import check_prompts, curriculum_text, length_buckets, tokenize_checked
+from .pie import check_prompts, length_buckets, tokenize_checked
 from .tokenizer import check_vocab
 
 SEPARATOR = ":"
@@ -313,22 +313,17 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
                 curriculum: int = 0):
     """Training batches for PID: dialogues of similar length, each with all its slots as prompts.
 
-    The first ``curriculum`` batches follow :func:`pidutils.pie.curriculum_text`.
-
     Each decoder row is ``<start> Z_u : Y_u </s>``, right-padded; ``labels`` holds the next token
     on the answer and ``</s>`` positions and -100 elsewhere (prompt and padding), so the loss is on
     the answers only. Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train` with
     :func:`pid_loss`.
     """
     check_int("batch_size", batch_size, 1)
-    check_int("curriculum", curriculum, 0)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = length_buckets([len(d.split()) for d in dialogues], batch_size)
+    draw = length_buckets([len(d.split()) for d in dialogues], batch_size, curriculum)
     start, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
-    step = 0
 
     def next_batch(rng) -> dict:
-        nonlocal step
         picked = draw(rng)
         rows, targets = [], []
         for i in picked:
@@ -343,9 +338,7 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
         for k, (r, t) in enumerate(zip(rows, targets)):
             ids[k, :len(r)] = torch.tensor(r)
             labels[k, :len(t)] = torch.tensor(t)
-        texts = [curriculum_text(rng, dialogues[i], step, curriculum) for i in picked]
-        step += 1
-        enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        enc = tokenizer([dialogues[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "decoder_input_ids": ids, "labels": labels}
 

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from .checks import check_int
-from .data import pie_source, without_small_talk
+from .data import pie_source
 from .tokenizer import check_vocab
 
 
@@ -68,54 +68,46 @@ def pie_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeniz
     return result
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int):
+def length_buckets(lengths: Sequence[int], batch_size: int, curriculum: int = 0):
     """``draw(rng)`` -> ``batch_size`` indices of items of similar length (a random window of the sorted order).
 
-    Batches of similar length waste little compute on padding (chapter 2).
+    Batches of similar length waste little compute on padding. With ``curriculum`` > 0, the first
+    draws come from the shortest quarter of the items, and the range grows linearly to all of them
+    over ``curriculum`` draws (sequence-length warm-up: short dialogues first). Chapter 2.
     """
+    check_int("curriculum", curriculum, 0)
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     window = min(len(order), 4 * batch_size)
+    draws = 0
 
     def draw(rng) -> list[int]:
-        start = rng.randrange(len(order) - window + 1)
+        nonlocal draws
+        share = 1.0 if draws >= curriculum else 0.25 + 0.75 * draws / curriculum
+        draws += 1
+        span = max(window, round(share * len(order)))
+        start = rng.randrange(span - window + 1)
         return rng.sample(order[start:start + window], min(batch_size, window))
 
     return draw
-
-
-def curriculum_text(rng, dialogue: str, step: int, curriculum: int) -> str:
-    """The dialogue a training step sees: without small talk with probability 1 - step/curriculum.
-
-    Early steps see short dialogues, where the value a prompt asks for is one of few candidates, so
-    attention learns to find it quickly; by step ``curriculum`` every dialogue is whole (chapter 2).
-    """
-    if step < curriculum and rng.random() > step / curriculum:
-        return without_small_talk(dialogue)
-    return dialogue
 
 
 def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8, curriculum: int = 0):
     """Training batches for PIE: (dialogue, slot) pairs of similar length, half of them slots that are set.
 
     Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train`; the labels are the answer
-    tokens and ``</s>``, padding masked with -100. The first ``curriculum`` batches follow
-    :func:`curriculum_text`.
+    tokens and ``</s>``, padding masked with -100.
     """
     check_int("batch_size", batch_size, 2)
-    check_int("curriculum", curriculum, 0)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = length_buckets([len(d.split()) for d in dialogues], batch_size)
-    step = 0
+    draw = length_buckets([len(d.split()) for d in dialogues], batch_size, curriculum)
 
     def next_batch(rng) -> dict:
-        nonlocal step
         sources, targets = [], []
         for k, i in enumerate(draw(rng)):
             set_slots = [j for j, v in enumerate(values[i]) if v != "none"]
             j = rng.choice(set_slots) if (k % 2 == 0 and set_slots) else rng.randrange(len(slots[i]))
-            sources.append(pie_source(slots[i][j], curriculum_text(rng, dialogues[i], step, curriculum)))
+            sources.append(pie_source(slots[i][j], dialogues[i]))
             targets.append(values[i][j])
-        step += 1
         enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
         labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
         labels[labels == tokenizer.pad_token_id] = -100

@@ -96,25 +96,17 @@ def test_evaluate_scores_a_predictor_on_a_split(corpus):
         metrics.evaluate(None, split, batch_size=0)
 
 
-def test_length_buckets_group_similar_lengths():
+def test_length_buckets_group_similar_lengths_and_warm_up_from_the_shortest():
     import random
     from pidutils.pie import length_buckets
-    lengths = list(range(1000, 0, -1))
-    draw = length_buckets(lengths, batch_size=4)
-    batches = [draw(random.Random(i)) for i in range(50)]
-    assert all(len(set(b)) == 4 and max(lengths[i] for i in b) - min(lengths[i] for i in b) < 16 for b in batches)
-
-
-def test_curriculum_starts_without_small_talk_and_ends_with_whole_dialogues(corpus):
-    import random
-    from pidutils.pie import curriculum_text
-    dialogue = corpus["train"][0]["dialogue"]
-    short = data.without_small_talk(dialogue)
-    assert len(short.split()) < len(dialogue.split()) and "system :" in short
-    assert not any(user in short for user, _ in data.SMALL_TALK)
+    lengths = list(range(1000, 0, -1))  # item i has length 1000 - i
+    draw = length_buckets(lengths, batch_size=4, curriculum=100)
     rng = random.Random(0)
-    assert curriculum_text(rng, dialogue, 0, 100) == short
-    assert curriculum_text(rng, dialogue, 100, 100) == dialogue
-    assert curriculum_text(rng, dialogue, 5, 0) == dialogue
-    mid = [curriculum_text(rng, dialogue, 50, 100) == short for _ in range(400)]
-    assert 0.4 < sum(mid) / len(mid) < 0.6
+    first = [draw(rng) for _ in range(20)]
+    assert all(len(set(b)) == 4 and max(lengths[i] for i in b) - min(lengths[i] for i in b) < 16 for b in first)
+    assert max(lengths[i] for i in first[0]) <= 250  # the shortest quarter first,
+    assert all(lengths[i] <= 400 for b in first for i in b)  # growing by 0.75% of the items per draw
+    later = [draw(rng) for _ in range(400)][100:]
+    assert max(lengths[i] for b in later for i in b) > 900  # after the warm-up, every length
+    with pytest.raises(ValueError, match="curriculum must be in"):
+        length_buckets(lengths, 4, curriculum=-1)

@@ -47,7 +47,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "pie-t5-tiny": Recipe(method="pie", steps=7000, curriculum=2000),
+    "pie-t5-tiny": Recipe(method="pie", steps=4500, validate_every=1500, curriculum=1500),
     "pid-t5-tiny": Recipe(method="pid", steps=4000, validate_every=250, curriculum=1200),
 }
 
