@@ -45,7 +45,7 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
     ``next_batch`` returns keyword arguments for ``model(**batch)`` (with ``labels``);
     ``batch_flops(batch)`` estimates one step's training FLOPs (see
     :func:`pidutils.cost.training_flops`); ``loss_fn(model, batch)`` replaces ``model(**batch).loss``
-    (PID trains with :func:`pidutils.pid.pid_loss`).
+    (PID trains with :func:`pidutils.pid.pid_loss`). Batches move to the model's device.
     """
     check_int("steps", steps, 1)
     check_int("warmup", warmup, 0)
@@ -53,6 +53,7 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
     check_float("lr", lr, 0.0, low_inclusive=False)
     check_float("clip", clip, 0.0, low_inclusive=False)
     rng = random.Random(seed)
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
@@ -61,7 +62,7 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
     bar = tqdm(range(steps), disable=not progress, desc="training")
     for step in bar:
         model.train()
-        batch = next_batch(rng)
+        batch = {k: v.to(device) for k, v in next_batch(rng).items()}
         loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,3 +31,4 @@ def test_shipped_pid_model_matches_the_copy_reference():
     ref, ref_logits = pid.pid_reference(model, tokenizer, docs, prompts)
     assert torch.equal(ids, ref[:, :ids.shape[1]])
     torch.testing.assert_close(logits, ref_logits[:, :ids.shape[1]], rtol=1e-5, atol=1e-5)
+

@@ -1,12 +1,9 @@
-"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR]``: retrain a shipped checkpoint."""
+"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint."""
 from __future__ import annotations
 
 import argparse
 import pathlib
-import platform
 import sys
-
-import torch
 
 from . import RECIPES, recipe_dict, save
 from .training import train_checkpoint
@@ -19,9 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("name", choices=sorted(RECIPES))
     t.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")
+    t.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
     args = parser.parse_args(argv)
-    model, tokenizer, result = train_checkpoint(args.name, steps=args.steps)
-    result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
     result["recipe"] = recipe_dict(args.name)
     folder = save(args.name, model, tokenizer, result, args.out)
     print(f"saved {args.name} to {folder}: test JGA {result['test']['jga']:.3f}, "

@@ -6,11 +6,14 @@ answers only. Both use the same data, tokenizer recipe, shape, loop and evaluati
 """
 from __future__ import annotations
 
+import torch
+
+from ..bench import describe
 from ..checks import check_int
 from ..cost import training_flops
 from ..data import DONTCARE, NONE, SLOTS, make_dataset
 from ..metrics import evaluate
-from ..models import count_parameters
+from ..models import count_parameters, pick_device
 from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
 from ..tokenizer import train_tokenizer
@@ -29,14 +32,18 @@ def decoder_tokens(batch: dict) -> int:
     return int((ids[:, 1:] != 0).sum()) + ids.shape[0]
 
 
-def train_checkpoint(name: str, steps: int | None = None):
-    """Train the named checkpoint from scratch; return (model, tokenizer, report dict)."""
+def train_checkpoint(name: str, steps: int | None = None, device: str | None = None):
+    """Train the named checkpoint from scratch on ``device`` (default: CUDA if present, else CPU).
+
+    Returns the model (on the CPU, in eval mode), its tokenizer and the report dict.
+    """
     recipe = RECIPES[name]
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
     tokenizer = train_tokenizer(list(data["train"]["dialogue"]) + [" ".join(SLOTS + [NONE, DONTCARE])] * 10,
                                 recipe.vocab_size)
-    model = new_model(recipe, len(tokenizer))
+    device = pick_device(device)
+    model = new_model(recipe, len(tokenizer)).to(device)
     enc_params = count_parameters(model.get_encoder().block)
     dec_params = count_parameters(model.get_decoder().block) + model.lm_head.weight.numel()
     generate = pid_generate if recipe.method == "pid" else pie_generate
@@ -57,5 +64,6 @@ def train_checkpoint(name: str, steps: int | None = None):
                 loss_fn=loss_fn)
     result = {"name": name, "steps": steps, "wall_seconds": run.wall_seconds, "train_flops": run.flops,
               "final_loss": run.final_loss, "validation": run.validation,
-              "test": evaluate(predict, data["test"])}
-    return model, tokenizer, result
+              "test": evaluate(predict, data["test"]),
+              "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}"}
+    return model.cpu(), tokenizer, result
