@@ -1,6 +1,7 @@
 """One training loop for every model in the book (chapter 2; chapter 3 trains PID with it too).
 
-AdamW with linear warm-up and linear decay, seeds, gradient clipping, a tqdm progress bar with the
+AdamW or Adafactor (T5's own optimizer, whose steps scale with each weight's size) with linear
+warm-up and linear decay, seeds, gradient clipping, a tqdm progress bar with the
 loss, periodic validation, and a report of wall time and estimated training FLOPs (for the PID
 paper's Table 5 comparison of training costs).
 """
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_float, check_int
+from .checks import check_choice, check_float, check_int
+
+OPTIMIZERS = ("adamw", "adafactor")
 
 
 @dataclass
@@ -39,24 +42,28 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
           batch_flops: Callable[[dict], float], steps: int, lr: float = 1e-3, warmup: int = 100,
           clip: float = 1.0, seed: int = 0, validate: Callable[[torch.nn.Module], dict] | None = None,
           validate_every: int = 500, progress: bool = True,
-          loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> TrainReport:
+          loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
+          optimizer: str = "adamw") -> TrainReport:
     """Train ``model`` for ``steps`` steps on batches from ``next_batch(rng)``.
 
     ``next_batch`` returns keyword arguments for ``model(**batch)`` (with ``labels``);
     ``batch_flops(batch)`` estimates one step's training FLOPs (see
     :func:`pidutils.cost.training_flops`); ``loss_fn(model, batch)`` replaces ``model(**batch).loss``
-    (PID trains with :func:`pidutils.pid.pid_loss`). Batches move to the model's device.
+    (PID trains with :func:`pidutils.pid.pid_loss`); ``optimizer`` is one of :data:`OPTIMIZERS`.
+    Batches move to the model's device.
     """
     check_int("steps", steps, 1)
     check_int("warmup", warmup, 0)
     check_int("validate_every", validate_every, 1)
     check_float("lr", lr, 0.0, low_inclusive=False)
     check_float("clip", clip, 0.0, low_inclusive=False)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     rng = random.Random(seed)
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup))
+    opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01) if optimizer == "adamw"
+           else torch.optim.Adafactor(model.parameters(), lr=lr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, warmup))
     report = TrainReport(steps=steps, wall_seconds=0.0, flops=0.0, final_loss=float("nan"))
     start = time.perf_counter()
     bar = tqdm(range(steps), disable=not progress, desc="training")
@@ -64,10 +71,10 @@ def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
         model.train()
         batch = {k: v.to(device) for k, v in next_batch(rng).items()}
         loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        opt.step()
         scheduler.step()
         report.flops += batch_flops(batch)
         report.losses.append(loss.item())

@@ -66,17 +66,21 @@ def test_zoo_names_and_offline_hub(monkeypatch):
     assert time.perf_counter() - start < 5
 
 
-def test_training_loop_lowers_the_loss_and_reports_flops(model, tokenizer, corpus):
+@pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("adafactor", 1e-2)])
+def test_training_loop_lowers_the_loss_and_reports_flops(tokenizer, corpus, optimizer, lr):
     from pidutils.pie import pie_batches
     from pidutils.train import train
     m = random_t5("t5-tiny", seed=1)
     m.resize_token_embeddings(len(tokenizer))
     report = train(m, pie_batches(corpus["train"], tokenizer, batch_size=4), lambda b: 1.0, steps=30,
-                   lr=3e-3, warmup=5, progress=False, validate=lambda _: {"x": 1.0}, validate_every=10)
+                   lr=lr, warmup=5, progress=False, validate=lambda _: {"x": 1.0}, validate_every=10,
+                   optimizer=optimizer)
     assert report.flops == 30 and len(report.validation) == 3
     assert sum(report.losses[-5:]) < sum(report.losses[:5])
     with pytest.raises(ValueError, match="steps must be in"):
         train(m, None, None, steps=0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train(m, None, None, steps=1, optimizer="sgd")
 
 
 def test_truncation_on_request_answers_an_overlong_document(model, tokenizer):

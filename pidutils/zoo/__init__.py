@@ -39,6 +39,7 @@ class Recipe:
     steps: int = 8000
     batch_size: int = 8
     lr: float = 1e-3
+    optimizer: str = "adamw"  # or "adafactor" (pidutils.train.OPTIMIZERS)
     warmup: int = 300
     seed: int = 0
     train_dialogues: int = 3000
