@@ -15,7 +15,7 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-from .checks import check_int
+from .checks import check_choice, check_int
 
 NONE, DONTCARE = "none", "dontcare"
 
@@ -233,17 +233,23 @@ def make_dialogue(seed: int) -> dict:
             "values": [state.get(s, NONE) for s in SLOTS]}
 
 
-def make_dataset(train: int = 3000, validation: int = 200, test: int = 200, seed: int = 0) -> DatasetDict:
-    """The whole set as a ``DatasetDict``, the same for the same sizes and seed."""
+SPLITS = ("train", "validation", "test")
+
+
+def make_split(split: str, train: int = 3000, validation: int = 200, test: int = 200, seed: int = 0) -> Dataset:
+    """One split of :func:`make_dataset`, made without the others (each dialogue has its own seed)."""
+    check_choice("split", split, SPLITS)
     sizes = {"train": check_int("train", train, 1), "validation": check_int("validation", validation, 1),
              "test": check_int("test", test, 1)}
     check_int("seed", seed, 0)
-    out, offset = {}, seed * 10_000_000
-    for split, n in sizes.items():
-        rows = [make_dialogue(offset + i) for i in range(n)]
-        out[split] = Dataset.from_list([{"id": f"{split}-{i}", **r} for i, r in enumerate(rows)])
-        offset += n
-    return DatasetDict(out)
+    offset = seed * 10_000_000 + sum(sizes[s] for s in SPLITS[:SPLITS.index(split)])
+    rows = [make_dialogue(offset + i) for i in range(sizes[split])]
+    return Dataset.from_list([{"id": f"{split}-{i}", **r} for i, r in enumerate(rows)])
+
+
+def make_dataset(train: int = 3000, validation: int = 200, test: int = 200, seed: int = 0) -> DatasetDict:
+    """The whole set as a ``DatasetDict``, the same for the same sizes and seed."""
+    return DatasetDict({s: make_split(s, train, validation, test, seed) for s in SPLITS})
 
 
 def pie_source(prompt: str, document: str) -> str:

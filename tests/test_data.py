@@ -23,6 +23,13 @@ def test_same_seed_same_data_other_seed_other_data(small):
     assert small["train"]["dialogue"] != other["train"]["dialogue"]
 
 
+def test_one_split_alone_equals_that_split_of_the_whole_set(small):
+    test = data.make_split("test", train=300, validation=20, test=20, seed=0)
+    assert test["dialogue"] == small["test"]["dialogue"] and test["id"] == small["test"]["id"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.make_split("dev")
+
+
 def test_states_hold_known_values_of_one_to_four_words(small):
     for row in small["train"]:
         for slot, value in zip(row["slots"], row["values"]):

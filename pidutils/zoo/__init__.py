@@ -126,9 +126,9 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
 
 def test_split(name: str):
     """The test split the named checkpoint is evaluated on (its recipe's data seed and sizes)."""
-    from ..data import make_dataset
+    from ..data import make_split
     recipe = RECIPES[check_choice("name", name, sorted(RECIPES))]
-    return make_dataset(train=recipe.train_dialogues, seed=recipe.seed)["test"]
+    return make_split("test", train=recipe.train_dialogues, seed=recipe.seed)
 
 
 def recipe_dict(name: str) -> dict:
