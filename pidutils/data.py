@@ -234,16 +234,22 @@ def make_dialogue(seed: int) -> dict:
 
 
 SPLITS = ("train", "validation", "test")
+TEST_SEEDS = 9_000_000  # the test dialogues' seeds start here, so the test split is one for every training size
 
 
 def make_split(split: str, train: int = 3000, validation: int = 200, test: int = 200, seed: int = 0) -> Dataset:
-    """One split of :func:`make_dataset`, made without the others (each dialogue has its own seed)."""
+    """One split of :func:`make_dataset`, made without the others (each dialogue has its own seed).
+
+    Training dialogues take seeds from ``seed * 10_000_000``, validation ones follow them, and test
+    ones start at :data:`TEST_SEEDS` past it: a model trained on more dialogues is tested on the same ones.
+    """
     check_choice("split", split, SPLITS)
-    sizes = {"train": check_int("train", train, 1), "validation": check_int("validation", validation, 1),
-             "test": check_int("test", test, 1)}
+    sizes = {"train": check_int("train", train, 1, TEST_SEEDS // 2),
+             "validation": check_int("validation", validation, 1, TEST_SEEDS // 2),
+             "test": check_int("test", test, 1, 1_000_000)}
     check_int("seed", seed, 0)
-    offset = seed * 10_000_000 + sum(sizes[s] for s in SPLITS[:SPLITS.index(split)])
-    rows = [make_dialogue(offset + i) for i in range(sizes[split])]
+    first = seed * 10_000_000 + {"train": 0, "validation": train, "test": TEST_SEEDS}[split]
+    rows = [make_dialogue(first + i) for i in range(sizes[split])]
     return Dataset.from_list([{"id": f"{split}-{i}", **r} for i, r in enumerate(rows)])
 
 

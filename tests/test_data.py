@@ -26,6 +26,8 @@ def test_same_seed_same_data_other_seed_other_data(small):
 def test_one_split_alone_equals_that_split_of_the_whole_set(small):
     test = data.make_split("test", train=300, validation=20, test=20, seed=0)
     assert test["dialogue"] == small["test"]["dialogue"] and test["id"] == small["test"]["id"]
+    assert data.make_split("test", train=5000, validation=20, test=20)["dialogue"] == test["dialogue"]
+    assert not set(test["dialogue"]) & set(small["train"]["dialogue"])
     with pytest.raises(ValueError, match="split must be one of"):
         data.make_split("dev")
 
