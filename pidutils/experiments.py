@@ -88,22 +88,23 @@ def decode_latency(model, device: torch.device, roof: Device, batch: int, new_to
 
 
 def _multiprompt_models(device: torch.device, shape: str | None):
-    """PIE's and PID's models and tokenizer: the shipped tiny checkpoints, or random ones at ``shape``."""
+    """Each method's (model, tokenizer): the shipped tiny checkpoints, or one random model at ``shape``."""
     from . import zoo
     if shape is None:
-        (pie_model, tokenizer), (pid_model, _) = zoo.load("pie-t5-tiny", device), zoo.load("pid-t5-tiny", device)
-        return {"PIE": pie_model, "PID-copy": pid_model, "PID-shared": pid_model}, tokenizer, "shipped tiny"
+        pie, pid = zoo.load("pie-t5-tiny", device), zoo.load("pid-t5-tiny", device)
+        return {"PIE": pie, "PID-copy": pid, "PID-shared": pid}, "shipped tiny"
     _, tokenizer = zoo.load("pid-t5-tiny")
     model = random_t5(shape, device=device).to(pick_dtype(device))
     model.resize_token_embeddings(len(tokenizer))
-    return {m: model for m in METHODS}, tokenizer, f"random {shape}"
+    return {m: (model, tokenizer) for m in METHODS}, f"random {shape}"
 
 
-def time_methods(methods: dict[str, object], tokenizer, split, device: torch.device, U: int, b: int,
+def time_methods(methods: dict[str, tuple], split, device: torch.device, U: int, b: int,
                  repeats: int = 3) -> dict[str, Timing]:
-    """Time each method's answers to the same ``b`` dialogues and ``U`` prompts, interleaved."""
+    """Time each method's answers (``methods``: name -> (model, tokenizer)) to the same ``b`` dialogues
+    and ``U`` prompts, interleaved."""
     documents, prompts = workload(split, b, U)
-    fns = {m: answer_fn(m, model, tokenizer, documents, prompts) for m, model in methods.items()}
+    fns = {m: answer_fn(m, model, tok, documents, prompts) for m, (model, tok) in methods.items()}
     return compare(fns, device, warmup=1, repeats=repeats)
 
 
@@ -117,7 +118,7 @@ def pie_latency(device: torch.device, Us: tuple[int, ...] = (1, 5, 10, 30), repe
     print(result["setup"])
     for U in Us:
         documents, prompts = workload(split, 1, U)
-        t = time_methods({"PIE": model}, tokenizer, split, device, U, 1, repeats)["PIE"]
+        t = time_methods({"PIE": (model, tokenizer)}, split, device, U, 1, repeats)["PIE"]
         tokens = encoder_tokens("PIE", tokenizer, documents, prompts)
         result["rows"].append({"U": U, "PIE_s": t.median, "encoder_tokens": tokens})
         print(f"U={U:2d}: PIE {t}  ({tokens} encoder tokens)")
@@ -134,20 +135,20 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
     """
     from . import zoo
     shape = shape or ("t5-base" if device.type == "cuda" else None)
-    models, tokenizer, what = _multiprompt_models(device, shape)
+    methods, what = _multiprompt_models(device, shape)
     split = zoo.test_split("pid-t5-tiny")
-    dtype = models["PID-shared"].dtype
+    dtype = methods["PID-shared"][0].dtype
     result = {"experiment": "pid", "setup": describe(device, dtype, models=what), "rows": []}
     print(result["setup"])
     for b in batches:
         for U in Us:
             documents, prompts = workload(split, b, U)
-            runs = {m: answer_fn(m, model, tokenizer, documents, prompts) for m, model in models.items()}
+            runs = {m: answer_fn(m, model, tok, documents, prompts) for m, (model, tok) in methods.items()}
             if runs["PID-shared"]() != runs["PID-copy"]():
                 raise AssertionError("PID-shared and PID-copy disagree")
-            t = time_methods(models, tokenizer, split, device, U, b, repeats)
-            shape_ = shape_of(tokenizer, documents, prompts, runs["PID-shared"]())
-            flops = {m: sum(w.flops for w in predicted_work(m, models[m], b, U, **shape_)) for m in METHODS}
+            t = time_methods(methods, split, device, U, b, repeats)
+            shapes = {m: shape_of(tok, documents, prompts, runs[m]()) for m, (_, tok) in methods.items()}
+            flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in METHODS}
             row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in METHODS},
                    "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),
                    "speedup_vs_copy": speedup(t["PID-copy"], t["PID-shared"]),

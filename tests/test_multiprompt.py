@@ -76,3 +76,14 @@ def test_chapter_latency_callbacks_measure_and_plot_every_method(model, tokenize
     assert set(live.measured) == set(multiprompt.METHODS)
     assert all(sorted(points) == [2, 6] for points in live.measured.values())
     assert all(live.predicted[m][6] < live.measured[m][6] for m in multiprompt.METHODS)
+
+
+def test_pid_and_pie_experiments_run_on_the_shipped_models(capsys):
+    from pidutils.experiments import pid_speedups, pie_latency
+    device = torch.device("cpu")
+    pid_rows = pid_speedups(device, Us=(2,), batches=(1,), repeats=1)["rows"]
+    assert [(r["b"], r["U"]) for r in pid_rows] == [(1, 2)]
+    assert pid_rows[0]["flops_ratio"] < 1 and pid_rows[0]["PID-shared_peak_bytes"] > 0
+    pie_rows = pie_latency(device, Us=(1, 2), repeats=1)["rows"]
+    assert pie_rows[1]["encoder_tokens"] > pie_rows[0]["encoder_tokens"]
+    assert "vs PIE" in capsys.readouterr().out
