@@ -8,30 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .checks import check_int
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 MAX_LENGTH = 512
-# ":" or "-" inside a word (after the Metaspace split, a piece that does not start it): "17", ":", "45"
-INNER_PUNCTUATION = pre_tokenizers.Split(Regex(r"(?<=[^\u2581])[:\-]"), "isolated")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000,
-                    split_punctuation: bool = False) -> PreTrainedTokenizerFast:
-    """Train a byte-pair-encoding tokenizer on ``texts`` and wrap it for ``transformers``.
-
-    With ``split_punctuation``, ":" and "-" inside a word are tokens of their own: "17:45" is
-    "17", ":", "45" and "taxi-leaveat" is "taxi", "-", "leaveat", so that 60 times share 15 hours
-    and 4 minutes, and the 30 slot names share their domain and slot words.
-    """
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """Train a byte-pair-encoding tokenizer on ``texts`` and wrap it for ``transformers``."""
     check_int("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Strip()])
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), INNER_PUNCTUATION])
-                         if split_punctuation else pre_tokenizers.Metaspace())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                                        show_progress=False))

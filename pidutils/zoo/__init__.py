@@ -36,7 +36,6 @@ class Recipe:
     num_layers: int = 3
     num_decoder_layers: int = 2
     vocab_size: int = 1000  # the tokenizer's target; the model takes the size it reaches
-    split_punctuation: bool = False  # see pidutils.tokenizer.train_tokenizer
     steps: int = 8000
     batch_size: int = 8
     lr: float = 1e-3

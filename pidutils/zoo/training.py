@@ -41,7 +41,7 @@ def train_checkpoint(name: str, steps: int | None = None, device: str | None = N
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
     tokenizer = train_tokenizer(list(data["train"]["dialogue"]) + [" ".join(SLOTS + [NONE, DONTCARE])] * 10,
-                                recipe.vocab_size, recipe.split_punctuation)
+                                recipe.vocab_size)
     device = pick_device(device)
     model = new_model(recipe, len(tokenizer)).to(device)
     enc_params = count_parameters(model.get_encoder().block)
