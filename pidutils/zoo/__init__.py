@@ -49,7 +49,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "pie-t5-tiny": Recipe(method="pie", steps=4500, validate_every=1500, curriculum=1500),
-    "pid-t5-tiny": Recipe(method="pid", steps=4000, validate_every=250, curriculum=1200),
+    "pid-t5-tiny": Recipe(method="pid", steps=7000, validate_every=500, curriculum=1200, lr=1e-2,
+                          optimizer="adafactor", train_dialogues=20000),
 }
 
 
