@@ -129,3 +129,17 @@ def pie_pid_diagram(U: int = 3) -> plt.Figure:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def training_curve(validation: list[dict], title: str, target: float = 0.9) -> plt.Figure:
+    """Validation slot accuracy and JGA against the training step, from a checkpoint's report (chapter 3)."""
+    steps = [v["step"] for v in validation]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.plot(steps, [v["slot_accuracy"] for v in validation], "o-", label="slot accuracy")
+    ax.plot(steps, [v["jga"] for v in validation], "s-", label="JGA")
+    ax.axhline(target, ls="--", c="gray", lw=1, label=f"target JGA {target:.0%}")
+    ax.set(xlabel="training step", ylabel="validation score", ylim=(0, 1.02), title=title)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -50,3 +50,11 @@ def test_roofline_figure_has_the_points():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_training_curve_draws_slot_accuracy_jga_and_the_target():
+    fig = plots.training_curve([{"step": 500, "jga": 0.1, "slot_accuracy": 0.8},
+                                {"step": 1000, "jga": 0.95, "slot_accuracy": 0.99}], "run")
+    lines = fig.axes[0].get_lines()
+    assert [tuple(line.get_ydata()) for line in lines[:2]] == [(0.8, 0.99), (0.1, 0.95)]
+    assert tuple(lines[2].get_ydata()) == (0.9, 0.9)
