@@ -144,10 +144,11 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
         for U in Us:
             documents, prompts = workload(split, b, U)
             runs = {m: answer_fn(m, model, tok, documents, prompts) for m, (model, tok) in methods.items()}
-            if runs["PID-shared"]() != runs["PID-copy"]():
+            answers = {m: run() for m, run in runs.items()}
+            if answers["PID-shared"] != answers["PID-copy"]:
                 raise AssertionError("PID-shared and PID-copy disagree")
             t = time_methods(methods, split, device, U, b, repeats)
-            shapes = {m: shape_of(tok, documents, prompts, runs[m]()) for m, (_, tok) in methods.items()}
+            shapes = {m: shape_of(tok, documents, prompts, answers[m]) for m, (_, tok) in methods.items()}
             flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in METHODS}
             row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in METHODS},
                    "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),

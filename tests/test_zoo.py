@@ -33,7 +33,6 @@ def test_shipped_pid_model_matches_the_copy_reference():
     torch.testing.assert_close(logits, ref_logits[:, :ids.shape[1]], rtol=1e-5, atol=1e-5)
 
 
-
 def test_shipped_pid_model_meets_the_jga_target_on_the_test_split():
     """The report's figure; chapter 3 re-evaluates the whole test split and asserts the same."""
     assert zoo.train_report("pid-t5-tiny")["test"]["jga"] >= 0.90

@@ -2,7 +2,8 @@
 
 ``pie`` checkpoints learn from (Z_u : X -> Y_u) pairs, one encoding per prompt; ``pid`` checkpoints
 encode each dialogue once and learn all its slots at once, prompts in the decoder, the loss on the
-answers only. Both use the same data, tokenizer recipe, shape, loop and evaluation.
+answers only. Both use the same data generator, tokenizer recipe, shape, loop and evaluation; each
+recipe (:data:`pidutils.zoo.RECIPES`) sets its optimizer and number of training dialogues.
 """
 from __future__ import annotations
 
