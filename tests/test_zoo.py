@@ -36,3 +36,24 @@ def test_shipped_pid_model_matches_the_copy_reference():
 def test_shipped_pid_model_meets_the_jga_target_on_the_test_split():
     """The report's figure; chapter 3 re-evaluates the whole test split and asserts the same."""
     assert zoo.train_report("pid-t5-tiny")["test"]["jga"] >= 0.90
+
+
+def test_a_fine_tune_starts_from_its_init_which_must_share_its_shape_and_data():
+    import dataclasses
+    from pidutils.zoo.training import initial_model
+    recipe = dataclasses.replace(zoo.RECIPES["pid-t5-tiny"], method="pie", init="pid-t5-tiny")
+    model, tokenizer = initial_model(recipe, [])
+    shipped, shipped_tokenizer = zoo.load("pid-t5-tiny")
+    assert tokenizer.get_vocab() == shipped_tokenizer.get_vocab()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(ValueError, match="differs in d_model, train_dialogues"):
+        initial_model(dataclasses.replace(recipe, d_model=64, train_dialogues=10), [])
+    with pytest.raises(ValueError, match="init must be one of"):
+        initial_model(dataclasses.replace(recipe, init="t5-small"), [])
+
+
+def test_total_training_flops_count_the_init_of_a_fine_tune():
+    pie, pid_ = zoo.train_report("pie-t5-tiny"), zoo.train_report("pid-t5-tiny")
+    assert pie["recipe"]["init"] == "pid-t5-tiny" and pid_["recipe"]["init"] == ""
+    assert zoo.total_train_flops("pid-t5-tiny") == pid_["train_flops"]
+    assert zoo.total_train_flops("pie-t5-tiny") == pie["train_flops"] + pid_["train_flops"]

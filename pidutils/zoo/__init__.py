@@ -2,7 +2,8 @@
 
 ``load("pie-t5-tiny")`` returns a shipped model and its tokenizer (plain Hugging Face format, so
 ``T5ForConditionalGeneration.from_pretrained(path("pie-t5-tiny"))`` works too).
-``python -m pidutils.zoo train pie-t5-tiny`` retrains one from scratch, reproducibly, on a CPU.
+``python -m pidutils.zoo train pid-t5-tiny`` retrains one, reproducibly, on a CPU: from a random model,
+or, for ``pie-t5-tiny``, by fine-tuning the checkpoint its recipe names (``Recipe.init``).
 ``load("t5-small")`` fetches from the Hugging Face hub when it is reachable, and otherwise fails
 within seconds, naming the offline alternatives. See chapter 2.
 """
@@ -45,10 +46,12 @@ class Recipe:
     train_dialogues: int = 3000
     validate_every: int = 1000
     curriculum: int = 0  # steps of sequence-length warm-up (short dialogues first)
+    init: str = ""  # a shipped checkpoint to fine-tune (its weights and tokenizer); "": a random model
 
 
 RECIPES: dict[str, Recipe] = {
-    "pie-t5-tiny": Recipe(method="pie", steps=4500, validate_every=1500, curriculum=1500),
+    "pie-t5-tiny": Recipe(method="pie", steps=6000, lr=3e-3, optimizer="adafactor", train_dialogues=20000,
+                          init="pid-t5-tiny"),
     "pid-t5-tiny": Recipe(method="pid", steps=7000, validate_every=500, curriculum=1200, lr=1e-2,
                           optimizer="adafactor", train_dialogues=20000),
 }
@@ -80,6 +83,13 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditiona
 def train_report(name: str) -> dict:
     """The training report shipped with a checkpoint: wall time, machine, FLOPs, validation, test scores."""
     return json.loads((path(name) / "train_report.json").read_text())
+
+
+def total_train_flops(name: str) -> float:
+    """A checkpoint's training FLOPs, with those of the checkpoint it was fine-tuned from (``init``)."""
+    report = train_report(name)
+    init = report["recipe"]["init"]
+    return report["train_flops"] + (total_train_flops(init) if init else 0.0)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

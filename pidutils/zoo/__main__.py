@@ -12,7 +12,7 @@ from .training import train_checkpoint
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pidutils.zoo")
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="retrain a checkpoint from scratch, reproducibly")
+    t = sub.add_parser("train", help="retrain a checkpoint reproducibly, from a random model or its recipe's init")
     t.add_argument("name", choices=sorted(RECIPES))
     t.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")

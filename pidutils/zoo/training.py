@@ -3,14 +3,15 @@
 ``pie`` checkpoints learn from (Z_u : X -> Y_u) pairs, one encoding per prompt; ``pid`` checkpoints
 encode each dialogue once and learn all its slots at once, prompts in the decoder, the loss on the
 answers only. Both use the same data generator, tokenizer recipe, shape, loop and evaluation; each
-recipe (:data:`pidutils.zoo.RECIPES`) sets its optimizer and number of training dialogues.
+recipe (:data:`pidutils.zoo.RECIPES`) sets its optimizer, its number of training dialogues, and
+whether it fine-tunes another shipped checkpoint (``init``) instead of starting from a random model.
 """
 from __future__ import annotations
 
 import torch
 
 from ..bench import describe
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from ..cost import training_flops
 from ..data import DONTCARE, NONE, SLOTS, make_dataset
 from ..metrics import evaluate
@@ -19,7 +20,11 @@ from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
 from ..tokenizer import train_tokenizer
 from ..train import train
-from . import RECIPES, new_model
+from . import RECIPES, Recipe, load, new_model
+
+# What a fine-tune shares with its init: the shape, and the data its tokenizer was trained on.
+SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_layers", "vocab_size",
+          "train_dialogues", "seed")
 
 
 def decoder_tokens(batch: dict) -> int:
@@ -33,18 +38,36 @@ def decoder_tokens(batch: dict) -> int:
     return int((ids[:, 1:] != 0).sum()) + ids.shape[0]
 
 
+def initial_model(recipe: Recipe, dialogues: list[str]):
+    """The model and tokenizer a run starts from: a fresh tokenizer and random model, or ``recipe.init``'s.
+
+    A fine-tune must share :data:`SHARED` with its init, so the init's tokenizer is the one this
+    recipe would train (chapter 2).
+    """
+    if not recipe.init:
+        tokenizer = train_tokenizer(dialogues + [" ".join(SLOTS + [NONE, DONTCARE])] * 10, recipe.vocab_size)
+        return new_model(recipe, len(tokenizer)), tokenizer
+    check_choice("init", recipe.init, sorted(RECIPES))
+    source = RECIPES[recipe.init]
+    differ = [k for k in SHARED if getattr(source, k) != getattr(recipe, k)]
+    if differ:
+        raise ValueError(f"init must name a checkpoint with the same {', '.join(SHARED)}; "
+                         f"{recipe.init} differs in {', '.join(differ)}")
+    return load(recipe.init)
+
+
 def train_checkpoint(name: str, steps: int | None = None, device: str | None = None):
-    """Train the named checkpoint from scratch on ``device`` (default: CUDA if present, else CPU).
+    """Train the named checkpoint on ``device`` (default: CUDA if present, else CPU): from a random
+    model, or by fine-tuning the shipped checkpoint its recipe names as ``init``.
 
     Returns the model (on the CPU, in eval mode), its tokenizer and the report dict.
     """
     recipe = RECIPES[name]
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
-    tokenizer = train_tokenizer(list(data["train"]["dialogue"]) + [" ".join(SLOTS + [NONE, DONTCARE])] * 10,
-                                recipe.vocab_size)
+    model, tokenizer = initial_model(recipe, list(data["train"]["dialogue"]))
     device = pick_device(device)
-    model = new_model(recipe, len(tokenizer)).to(device)
+    model = model.to(device)
     enc_params = count_parameters(model.get_encoder().block)
     dec_params = count_parameters(model.get_decoder().block) + model.lm_head.weight.numel()
     generate = pid_generate if recipe.method == "pid" else pie_generate
