@@ -9,6 +9,7 @@ whether it fine-tunes another shipped checkpoint (``init``) instead of starting 
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from ..bench import describe
 from ..checks import check_choice, check_int
@@ -38,22 +39,27 @@ def decoder_tokens(batch: dict) -> int:
     return int((ids[:, 1:] != 0).sum()) + ids.shape[0]
 
 
-def initial_model(recipe: Recipe, dialogues: list[str]):
-    """The model and tokenizer a run starts from: a fresh tokenizer and random model, or ``recipe.init``'s.
+def check_init(recipe: Recipe) -> None:
+    """Raise ``ValueError`` unless ``recipe.init`` is empty or a shipped checkpoint sharing :data:`SHARED`.
 
-    A fine-tune must share :data:`SHARED` with its init, so the init's tokenizer is the one this
-    recipe would train (chapter 2).
+    Sharing them makes the init's tokenizer the one this recipe would train (chapter 2).
     """
     if not recipe.init:
-        tokenizer = train_tokenizer(dialogues + [" ".join(SLOTS + [NONE, DONTCARE])] * 10, recipe.vocab_size)
-        return new_model(recipe, len(tokenizer)), tokenizer
+        return
     check_choice("init", recipe.init, sorted(RECIPES))
-    source = RECIPES[recipe.init]
-    differ = [k for k in SHARED if getattr(source, k) != getattr(recipe, k)]
+    differ = [k for k in SHARED if getattr(RECIPES[recipe.init], k) != getattr(recipe, k)]
     if differ:
         raise ValueError(f"init must name a checkpoint with the same {', '.join(SHARED)}; "
                          f"{recipe.init} differs in {', '.join(differ)}")
-    return load(recipe.init)
+
+
+def initial_model(recipe: Recipe, dialogues: list[str]) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
+    """The model and tokenizer a run starts from: a fresh tokenizer and random model, or ``recipe.init``'s."""
+    check_init(recipe)
+    if recipe.init:
+        return load(recipe.init)
+    tokenizer = train_tokenizer(dialogues + [" ".join(SLOTS + [NONE, DONTCARE])] * 10, recipe.vocab_size)
+    return new_model(recipe, len(tokenizer)), tokenizer
 
 
 def train_checkpoint(name: str, steps: int | None = None, device: str | None = None):
@@ -64,6 +70,7 @@ def train_checkpoint(name: str, steps: int | None = None, device: str | None = N
     """
     recipe = RECIPES[name]
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
+    check_init(recipe)  # before the data are made
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
     model, tokenizer = initial_model(recipe, list(data["train"]["dialogue"]))
     device = pick_device(device)
