@@ -114,3 +114,18 @@ def test_length_buckets_group_similar_lengths_and_warm_up_from_the_shortest():
     assert max(lengths[i] for b in later for i in b) > 900  # after the warm-up, every length
     with pytest.raises(ValueError, match="curriculum must be in"):
         length_buckets(lengths, 4, curriculum=-1)
+
+
+def test_pie_batches_ask_a_set_slot_every_fourth_pair_and_uniform_slots_otherwise(tokenizer, corpus):
+    import random
+    from pidutils.pie import SET_SLOT_EVERY, pie_batches
+    next_batch, rng = pie_batches(corpus["train"], tokenizer, batch_size=8), random.Random(0)
+    answers = []
+    for _ in range(100):
+        labels = next_batch(rng)["labels"]
+        labels[labels == -100] = tokenizer.pad_token_id
+        answers.append(tokenizer.batch_decode(labels, skip_special_tokens=True))
+    assert all(a[k] != "none" for a in answers for k in range(0, 8, SET_SLOT_EVERY))
+    others = [a[k] != "none" for a in answers for k in range(8) if k % SET_SLOT_EVERY]
+    data_share = sum(v != "none" for vs in corpus["train"]["values"] for v in vs) / sum(map(len, corpus["train"]["values"]))
+    assert abs(sum(others) / len(others) - data_share) < 0.05  # the other slots at the data's rate

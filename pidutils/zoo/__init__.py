@@ -50,7 +50,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "pie-t5-tiny": Recipe(method="pie", steps=6000, lr=3e-3, optimizer="adafactor", train_dialogues=20000,
+    "pie-t5-tiny": Recipe(method="pie", steps=9000, lr=3e-3, optimizer="adafactor", train_dialogues=20000,
                           init="pid-t5-tiny"),
     "pid-t5-tiny": Recipe(method="pid", steps=7000, validate_every=500, curriculum=1200, lr=1e-2,
                           optimizer="adafactor", train_dialogues=20000),
