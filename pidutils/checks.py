@@ -5,7 +5,7 @@ done, so that bad input never turns into a silent wrong answer (see the book's "
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -41,3 +41,48 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
 
 def _range(low: int, high: int | None) -> str:
     return f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
+
+
+def check_text(name: str, value: Any) -> str:
+    """Return ``value`` if it is a string that is not blank; raise ``ValueError`` otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {_kind(value)}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def check_documents(documents: Any) -> None:
+    """``documents`` must be a list of strings, one per document, with at least one."""
+    if not _is_list(documents):
+        raise ValueError(f"documents must be a list of strings, one per document; got {_kind(documents)}")
+    if not documents:
+        raise ValueError("documents must hold at least one document")
+    for i, document in enumerate(documents):
+        check_text(f"documents[{i}]", document)
+
+
+def check_prompt_lists(prompts: Any) -> None:
+    """``prompts`` must be a list of lists of strings: the U >= 1 prompts of each document.
+
+    A flat list of strings is refused rather than read as one prompt per character.
+    """
+    if not _is_list(prompts):
+        raise ValueError(f"prompts must be a list of prompt lists, one list of strings per document; "
+                         f"got {_kind(prompts)}")
+    for i, row in enumerate(prompts):
+        if not _is_list(row):
+            raise ValueError(f"prompts[{i}] must be a list of strings (the prompts of documents[{i}]), got "
+                             f"{_kind(row)}; for one document with one prompt, pass [['hotel-area']]")
+        if not row:
+            raise ValueError(f"U (the number of prompts of documents[{i}]) must be in [1, inf), got 0")
+        for j, prompt in enumerate(row):
+            check_text(f"prompts[{i}][{j}]", prompt)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _kind(value: Any) -> str:
+    return repr(value) if value is None or isinstance(value, str) else f"an object of type {type(value).__name__}"

@@ -15,7 +15,7 @@ import random
 
 from datasets import Dataset, DatasetDict
 
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_text
 
 NONE, DONTCARE = "none", "dontcare"
 
@@ -260,6 +260,8 @@ def make_dataset(train: int = 3000, validation: int = 200, test: int = 200, seed
 
 def pie_source(prompt: str, document: str) -> str:
     """PIE's encoder input X + Z_u: the prompt, then the document."""
+    check_text("prompt", prompt)
+    check_text("document", document)
     return f"{prompt} : {document}"
 
 
@@ -272,13 +274,12 @@ def pie_view(split: Dataset) -> Dataset:
 
 def pid_view(split: Dataset) -> Dataset:
     """PID: one row per dialogue: document X, prompts Z_1..Z_U, targets Y_1..Y_U."""
-    return split.map(lambda r: {"document": r["dialogue"], "prompts": r["slots"], "targets": r["values"]},
-                     remove_columns=["dialogue", "slots", "values"])
+    return Dataset.from_list([{"id": r["id"], "document": r["dialogue"], "prompts": r["slots"],
+                               "targets": r["values"]} for r in split])
 
 
 def full_state_view(split: Dataset) -> Dataset:
     """Full state: X -> the subsequences "slot = value" of the slots that are not "none"."""
-    return split.map(lambda r: {"document": r["dialogue"],
-                                "subsequences": [f"{s} = {v}" for s, v in zip(r["slots"], r["values"])
-                                                 if v != NONE]},
-                     remove_columns=["dialogue", "slots", "values"])
+    return Dataset.from_list([{"id": r["id"], "document": r["dialogue"],
+                               "subsequences": [f"{s} = {v}" for s, v in zip(r["slots"], r["values"]) if v != NONE]}
+                              for r in split])

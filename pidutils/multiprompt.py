@@ -18,7 +18,7 @@ from .cost import Device, Work, forward_work
 from .data import SLOTS, pie_source
 from .models import count_parameters, weights_per_decode_step
 from .pid import pid_generate, prompt_ids
-from .pie import pie_generate
+from .pie import check_prompts, pie_generate
 
 METHODS = ("PIE", "PID-copy", "PID-shared")
 
@@ -35,6 +35,7 @@ def answer_fn(method: str, model: T5ForConditionalGeneration, tokenizer: PreTrai
               max_new_tokens: int = 8) -> Callable[[], list[list[str]]]:
     """A no-argument function answering every prompt with ``method`` (one of :data:`METHODS`)."""
     check_choice("method", method, METHODS)
+    check_prompts(documents, prompts)
     if method == "PIE":
         return lambda: pie_generate(model, tokenizer, documents, prompts, max_new_tokens)
     cross = "copy" if method == "PID-copy" else "shared"
@@ -93,6 +94,7 @@ def predicted_seconds(passes: Sequence[Work], roof: Device) -> float:
 def shape_of(tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], prompts: Sequence[Sequence[str]],
              answers: Sequence[Sequence[str]]) -> dict[str, int]:
     """n_s, n_p and n_t of a workload as tokenized: the longest document, prompt and answer (+ ``</s>``)."""
+    check_prompts(documents, prompts)
     return {"n_s": max(len(tokenizer(d)["input_ids"]) for d in documents),
             "n_p": max(len(prompt_ids(tokenizer, p)) for ps in prompts for p in ps),
             "n_t": max(len(tokenizer(a)["input_ids"]) for row in answers for a in row)}
@@ -102,6 +104,7 @@ def encoder_tokens(method: str, tokenizer: PreTrainedTokenizerFast, documents: S
                    prompts: Sequence[Sequence[str]]) -> int:
     """Tokens the encoder actually processes (without padding): U (n_s + n_p) per document for PIE."""
     check_choice("method", method, METHODS)
+    check_prompts(documents, prompts)
     if method == "PIE":
         return sum(len(tokenizer(pie_source(p, d))["input_ids"]) for d, ps in zip(documents, prompts) for p in ps)
     return sum(len(tokenizer(d)["input_ids"]) for d in documents)

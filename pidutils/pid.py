@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_prompt_lists, check_text
 from .pie import check_prompts, length_buckets, tokenize_checked
 from .tokenizer import check_vocab
 
@@ -44,6 +44,7 @@ def check_encoder_decoder(model) -> None:
 
 def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
     """The token ids of ``"Z_u :"`` without ``</s>``: the decoder prefix after the start token."""
+    check_text("prompt", prompt)
     return tokenizer(f"{prompt} {SEPARATOR}", add_special_tokens=False)["input_ids"]
 
 
@@ -55,6 +56,7 @@ def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
     document; documents with fewer prompts are padded with copies of their first prompt, whose
     answers are dropped. Left padding makes every row's next token land in the same column.
     """
+    check_prompt_lists(prompts)
     limit = tokenizer.model_max_length
     U = max(len(ps) for ps in prompts)
     start = model.config.decoder_start_token_id
@@ -273,6 +275,7 @@ def pid_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
 def split_answers(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor,
                   prompts: Sequence[Sequence[str]]) -> list[list[str]]:
     """Decode (b*U, steps) ids into each document's answers, dropping the padding prompts."""
+    check_prompt_lists(prompts)
     texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     U = len(texts) // len(prompts)
     return [texts[i * U:i * U + len(ps)] for i, ps in enumerate(prompts)]

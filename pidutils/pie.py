@@ -11,25 +11,19 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from .checks import check_int
+from .checks import check_documents, check_int, check_prompt_lists
 from .data import pie_source
 from .tokenizer import check_vocab
 
 
 def check_prompts(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> None:
-    """Raise ``ValueError`` for an empty batch, U = 0, an empty prompt, or mismatched batch sizes."""
-    if not documents:
-        raise ValueError("documents must hold at least one document")
+    """Raise ``ValueError`` unless ``documents`` is a list of strings and ``prompts`` a list of
+    lists of strings, one list (U >= 1) per document, with no empty text."""
+    check_documents(documents)
+    check_prompt_lists(prompts)
     if len(prompts) != len(documents):
         raise ValueError(f"documents and prompts must have the same batch size, got {len(documents)} "
                          f"documents and {len(prompts)} prompt lists")
-    for i, (doc, ps) in enumerate(zip(documents, prompts)):
-        if not doc.strip():
-            raise ValueError(f"documents[{i}] must not be empty")
-        if len(ps) < 1:
-            raise ValueError(f"U (the number of prompts of documents[{i}]) must be in [1, inf), got 0")
-        if any(not p.strip() for p in ps):
-            raise ValueError(f"prompts[{i}] must not contain an empty prompt")
 
 
 def tokenize_checked(tokenizer: PreTrainedTokenizerFast, texts: list[str], what: str,

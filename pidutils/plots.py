@@ -1,19 +1,47 @@
 """Figures for the book: the live latency plot and the roofline (chapter 1).
 
-:class:`LivePlot` draws an ordinary inline matplotlib figure inside an ipywidgets ``Output`` and
-redraws it as each measured point arrives. It needs no widget manager beyond the one JupyterLab
-and Colab ship, and because the figure is an output of the ``Output`` widget, its last state is
-saved with the notebook's widget state and shows in the rendered book.
+Every figure reaches the reader as a PNG, whatever matplotlib backend the kernel runs
+(:func:`show_figures_as_png`). :class:`LivePlot` draws a matplotlib figure as a PNG inside an
+ipywidgets ``Output`` and redraws it as each measured point arrives. It needs only the core widgets
+of ipywidgets 7 and 8 (Colab ships 7.7.1), and because the PNG is an output of the ``Output``
+widget, its last state is saved with the notebook's widget state and shows in the rendered book.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+from IPython import get_ipython
 from IPython.display import display
+from matplotlib.figure import Figure
 
 from .cost import Device, attainable_flops
+
+PNG_DPI = 100
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, drawn the same way under every matplotlib backend."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def show_figures_as_png(shell=None) -> None:
+    """Make IPython display every matplotlib figure as a PNG, whatever the backend.
+
+    Under a non-interactive backend (``MPLBACKEND=Agg``, common on CI machines) IPython knows no
+    PNG form of a figure and shows the text ``<Figure size ...>``, and so would the rendered book.
+    Called when this module is imported into an IPython session; ``shell`` defaults to it.
+    """
+    shell = shell or get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+
+
+show_figures_as_png()
 
 
 class LivePlot:
@@ -56,11 +84,11 @@ class LivePlot:
         return self.fig
 
     def redraw(self) -> None:
-        """Replace the figure shown in :attr:`output` with the current one."""
-        self.draw()
+        """Replace the image shown in :attr:`output` with the current figure, as a PNG alone."""
+        png = figure_png(self.draw())
         with self.output:
             self.output.clear_output(wait=True)
-            display(self.fig)
+            display({"image/png": png}, raw=True)
 
     def _ipython_display_(self) -> None:
         self.redraw()

@@ -1,9 +1,12 @@
 """The timer, the interleaved A/B comparison and the benchmark command line."""
 import json
+import subprocess
+import sys
 
 import pytest
 
 from pidutils import bench
+from pidutils.bench.__main__ import main
 from pidutils.experiments import decode_cache, decode_latency, run_experiment
 
 
@@ -49,10 +52,16 @@ def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
 
 def test_command_line_writes_json(tmp_path, capsys):
     path = tmp_path / "out.json"
-    assert bench.main(["decode-cache", "--device", "cpu", "--json", str(path)]) == 0
+    assert main(["decode-cache", "--device", "cpu", "--json", str(path)]) == 0
     figures = json.loads(path.read_text())
     assert figures["experiment"] == "decode-cache" and figures["speedup"] > 1
     assert "KV-cache speed-up" in capsys.readouterr().out
+
+
+def test_the_timers_import_nothing_that_uses_them():
+    code = "import sys, pidutils.bench; print(sorted(m for m in sys.modules if m.startswith('pidutils')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pidutils.experiments" not in loaded and "pidutils.bench.__main__" not in loaded
 
 
 @pytest.mark.parametrize("call, match", [

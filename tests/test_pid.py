@@ -102,7 +102,7 @@ def test_pid_loss_is_huggingface_loss_with_one_encoding_per_dialogue(model, toke
 
 @pytest.mark.parametrize("documents, prompts, kwargs, match", [
     (["a dialogue"], [[]], {}, "U .* must be in"),
-    (["a dialogue"], [["hotel-area", " "]], {}, "empty prompt"),
+    (["a dialogue"], [["hotel-area", " "]], {}, r"prompts\[0\]\[1\] must not be empty"),
     (["a dialogue", "another"], [["hotel-area"]], {}, "same batch size"),
     (["a dialogue"], [["hotel " * 600]], {}, "at most 511 tokens"),
     (["a dialogue"], [["hotel-area"]], {"max_new_tokens": 0}, "max_new_tokens must be in"),

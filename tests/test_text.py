@@ -41,7 +41,7 @@ def test_pie_answers_every_prompt_and_batching_does_not_change_answers(model, to
 
 @pytest.mark.parametrize("documents, prompts, match", [
     (["a dialogue"], [[]], r"U \(the number of prompts"),
-    (["a dialogue"], [["hotel-area", " "]], "empty prompt"),
+    (["a dialogue"], [["hotel-area", " "]], r"prompts\[0\]\[1\] must not be empty"),
     ([], [], "at least one document"),
     (["one", "two"], [["hotel-area"]], "same batch size"),
     (["word " * 600], [["hotel-area"]], "at most 512 tokens"),

@@ -9,14 +9,17 @@ within seconds, naming the offline alternatives. See chapter 2.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from ..checks import check_choice
 
@@ -76,8 +79,21 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditiona
     folder = path(name)
     if not (folder / "model.safetensors").exists():
         raise FileNotFoundError(f"{name} is not built; run: python -m pidutils.zoo train {name}")
-    model = T5ForConditionalGeneration.from_pretrained(folder).to(device).eval()
+    with _no_progress_bar():  # a progress-bar widget for a 10 MB file is noise in the book
+        model = T5ForConditionalGeneration.from_pretrained(folder).to(device).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """Switch off transformers' progress bars inside the block, and restore them after it."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def train_report(name: str) -> dict:

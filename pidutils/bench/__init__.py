@@ -1,25 +1,23 @@
-"""Timing that can be trusted, and the book's benchmark command line.
+"""Timing that can be trusted (chapter 1, "Measuring").
 
 Warm-up runs, device synchronisation, repeated runs reported as median and spread, and A/B
-comparisons interleaved in one run and reported as ratios (chapter 1, "Measuring"). Run an
-experiment with ``python -m pidutils.bench <experiment> [--device cpu|cuda] [--json PATH]``.
+comparisons interleaved in one run and reported as ratios. These timers sit below everything that
+uses them; the benchmark command line, ``python -m pidutils.bench <experiment>``, lives in
+``pidutils/bench/__main__.py`` and runs the experiments of :mod:`pidutils.experiments`.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from .checks import check_int
-from .cost import Device
+from ..checks import check_int
+from ..cost import Device
 
 @dataclass(frozen=True)
 class Timing:
@@ -137,27 +135,3 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     changes = (e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage for e in events)
     return max(itertools.accumulate(changes, initial=0))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pidutils.bench <experiment> [--device cpu|cuda] [--json PATH]``."""
-    from .experiments import EXPERIMENTS, run_experiment
-    parser = argparse.ArgumentParser(prog="python -m pidutils.bench", description=__doc__)
-    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    args = parser.parse_args(argv)
-    result = run_experiment(args.experiment, args.device)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=_jsonable)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _jsonable(obj: object) -> object:
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else str(obj)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
