@@ -28,6 +28,9 @@ class Cost:
     memory: float
     ops: float
 
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(memory=self.memory + other.memory, ops=self.ops + other.ops)
+
     @property
     def intensity(self) -> float:
         """Operational intensity: operations per element moved."""
@@ -49,15 +52,60 @@ def _check_shapes(method: str, U: int, b: int, n_s: int, n_t: int, d: int, n_p: 
     check_int("n_p", n_p, 0)
 
 
+def table1(U: int, b: int, n_s: int, n_t: int, d: int) -> dict[tuple[str, str], Cost]:
+    """The PID paper's Table 1 exactly as printed: every (component, method) cell, term by term.
+
+    The paper's prompts have no length here (it writes PIE's encoder input as ``n_s`` tokens), and
+    decoder self-attention counts the cached keys/values and the weights but not the queries.
+    """
+    _check_shapes("pie", U, b, n_s, n_t, d, 0)
+    return {
+        ("encoder_self_attention", "pie"): Cost(memory=U * b * n_s * d + d**2, ops=U * b * n_s * d**2),
+        ("encoder_self_attention", "pid"): Cost(memory=b * n_s * d + d**2, ops=b * n_s * d**2),
+        ("decoder_self_attention", "pie"): Cost(memory=U * b * n_t**2 * d + n_t * d**2, ops=U * b * n_t * d**2),
+        ("decoder_self_attention", "pid"): Cost(memory=U * b * n_t**2 * d + n_t * d**2, ops=U * b * n_t * d**2),
+        ("cross_attention", "pie"): Cost(memory=U * b * n_s * n_t * d + U * b * n_t * d + n_t * d**2,
+                                         ops=U * b * n_t * d**2),
+        ("cross_attention", "pid"): Cost(memory=b * n_s * n_t * d + U * b * n_t * d + n_t * d**2,
+                                         ops=U * b * n_t * d**2),
+    }
+
+
+def book_terms(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict[tuple[str, str], Cost]:
+    """What this book's accounting adds to each cell of :func:`table1` (chapter 3 says why).
+
+    - Decoder self-attention reads each step's queries too: ``U b n_t d`` for both methods, a
+      term of Shazeer's incremental attention that the printed table leaves out.
+    - Prompts of ``n_p`` tokens: PIE encodes ``n_s + n_p`` tokens per prompt and its cross-attention
+      reads them at every step; PID's decoder cache holds the ``n_p`` prompt tokens.
+    """
+    _check_shapes("pie", U, b, n_s, n_t, d, n_p)
+    queries = U * b * n_t * d
+    none = Cost(memory=0, ops=0)
+    return {
+        ("encoder_self_attention", "pie"): Cost(memory=U * b * n_p * d, ops=U * b * n_p * d**2),
+        ("encoder_self_attention", "pid"): none,
+        ("decoder_self_attention", "pie"): Cost(memory=queries, ops=0),
+        ("decoder_self_attention", "pid"): Cost(memory=queries + U * b * n_t * n_p * d, ops=0),
+        ("cross_attention", "pie"): Cost(memory=U * b * n_p * n_t * d, ops=0),
+        ("cross_attention", "pid"): none,
+    }
+
+
+def _component(component: str, method: str, U: int, b: int, n_s: int, n_t: int, d: int, n_p: int) -> Cost:
+    """The book's cost of one cell: the printed Table 1 term plus :func:`book_terms`."""
+    _check_shapes(method, U, b, n_s, n_t, d, n_p)
+    cell = (component, method)
+    return table1(U, b, n_s, n_t, d)[cell] + book_terms(U, b, n_s, n_t, d, n_p)[cell]
+
+
 def encoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
                            n_p: int = 0) -> Cost:
     """One parallel encoder pass. PIE encodes ``b*U`` sequences of ``n_s + n_p`` tokens, PID ``b`` of ``n_s``.
 
     Memory ``rows * n * d + d^2``, operations ``rows * n * d^2`` (Shazeer's batched attention).
     """
-    _check_shapes(method, U, b, n_s, n_t, d, n_p)
-    rows, n = (b * U, n_s + n_p) if method == "pie" else (b, n_s)
-    return Cost(memory=rows * n * d + d * d, ops=rows * n * d * d)
+    return _component("encoder_self_attention", method, U, b, n_s, n_t, d, n_p)
 
 
 def decoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
@@ -67,10 +115,7 @@ def decoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: i
     PIE's decoder cache holds the ``n_t`` answer tokens; PID's also holds the ``n_p`` prompt tokens.
     Memory ``rows n_t d + rows n_t L d + n_t d^2`` with ``L`` the cache length; operations ``rows n_t d^2``.
     """
-    _check_shapes(method, U, b, n_s, n_t, d, n_p)
-    rows = b * U
-    cache_len = n_t if method == "pie" else n_t + n_p
-    return _incremental(rows, n_t, d, kv_elements_per_step=rows * cache_len * d)
+    return _component("decoder_self_attention", method, U, b, n_s, n_t, d, n_p)
 
 
 def cross_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
@@ -80,16 +125,7 @@ def cross_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: int,
     PIE reads ``U`` separate encodings of ``n_s + n_p`` tokens per document at every step; PID reads
     one shared encoding of ``n_s`` tokens. This is the term that makes PID's decoding faster.
     """
-    _check_shapes(method, U, b, n_s, n_t, d, n_p)
-    rows = b * U
-    kv = b * U * (n_s + n_p) * d if method == "pie" else b * n_s * d
-    return _incremental(rows, n_t, d, kv_elements_per_step=kv)
-
-
-def _incremental(rows: int, n_t: int, d: int, kv_elements_per_step: int) -> Cost:
-    """Shazeer's incremental attention: per step, queries ``rows d``, keys/values, weights ``d^2``."""
-    memory = n_t * (rows * d + kv_elements_per_step + d * d)
-    return Cost(memory=memory, ops=rows * n_t * d * d)
+    return _component("cross_attention", method, U, b, n_s, n_t, d, n_p)
 
 
 COMPONENT_FUNCTIONS = {
@@ -99,10 +135,9 @@ COMPONENT_FUNCTIONS = {
 }
 
 
-def table1(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict[tuple[str, str], Cost]:
-    """Every (component, method) cell of the PID paper's Table 1 for the given shapes."""
-    return {(c, m): COMPONENT_FUNCTIONS[c](m, U, b, n_s, n_t, d, n_p)
-            for c in COMPONENTS for m in METHODS}
+def book_table(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict[tuple[str, str], Cost]:
+    """Every (component, method) cell as this book counts it: :func:`table1` plus :func:`book_terms`."""
+    return {(c, m): COMPONENT_FUNCTIONS[c](m, U, b, n_s, n_t, d, n_p) for c in COMPONENTS for m in METHODS}
 
 
 def inverse_intensity_ratio(component: str, U: int, b: int, n_s: int, n_t: int, d: int,

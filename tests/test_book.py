@@ -48,6 +48,34 @@ def test_notebooks_are_executed_in_order_with_widget_state():
         assert "application/vnd.jupyter.widget-state+json" in json.loads(nb.read_text())["metadata"]["widgets"]
 
 
+def test_every_saved_figure_is_a_png():
+    # A kernel under a non-interactive backend saves figures as the text '<Figure size ...>' alone,
+    # which nbval accepts and the rendered book shows as text (pidutils.plots.show_figures_as_png).
+    for nb in NOTEBOOKS:
+        book = json.loads(nb.read_text())
+        outputs = [o for c in _code_cells(nb) for o in c.get("outputs", [])]
+        state = book["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+        outputs += [o for m in state.values() if m["model_name"] == "OutputModel" for o in m["state"]["outputs"]]
+        for output in outputs:
+            data = output.get("data", {})
+            if "".join(data.get("text/plain", "")).startswith("<Figure size"):
+                assert "image/png" in data, nb.name
+        live = [m for m in state.values() if m["model_name"] == "OutputModel"]
+        assert live and all(list(m["state"]["outputs"][-1]["data"]) == ["image/png"] for m in live), nb.name
+
+
+def test_the_book_loads_no_script_from_a_cdn():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    sphinx = config["sphinx"]
+    assert sphinx["config"]["nb_ipywidgets_js"] == {}  # MyST-NB's default loads them from CDNs
+    assert "sphinx-mathjax-offline" in sphinx["extra_extensions"]
+    static = ROOT / sphinx["config"]["html_static_path"][0]
+    scripts = [s if isinstance(s, str) else s[0] for s in sphinx["config"]["html_js_files"]]
+    assert scripts == ["widgets/setup.js", "widgets/require.js", "widgets/embed-amd.js"]
+    assert all((static / s).stat().st_size > 0 for s in scripts)
+    assert config["execute"]["execute_notebooks"] == "off"  # the book shows the outputs nbval checks
+
+
 def test_timing_cells_are_ignored_by_nbval():
     for nb in NOTEBOOKS:
         for cell in _code_cells(nb):

@@ -46,11 +46,44 @@ def test_appendix_a_ratio_by_hand():
     assert cost.inverse_intensity_ratio("encoder_self_attention", **SHAPE) == pytest.approx(20 / 24)
 
 
-def test_table1_has_every_cell_and_pid_never_does_more_work():
-    table = cost.table1(U=30, b=8, n_s=289, n_t=56, d=512, n_p=6)
-    assert len(table) == 6
-    for component in cost.COMPONENTS:
-        assert table[(component, "pid")].ops <= table[(component, "pie")].ops
+def test_table1_is_the_printed_table_term_by_term():
+    # U=2, b=3, n_s=5, n_t=7, d=11 (d^2 = 121), each term of the paper's Table 1 worked by hand
+    table = cost.table1(U=2, b=3, n_s=5, n_t=7, d=11)
+    assert table == {
+        # U b n_s d + d^2 = 330 + 121; U b n_s d^2 = 3630
+        ("encoder_self_attention", "pie"): cost.Cost(memory=451, ops=3630),
+        # b n_s d + d^2 = 165 + 121; b n_s d^2 = 1815
+        ("encoder_self_attention", "pid"): cost.Cost(memory=286, ops=1815),
+        # U b n_t^2 d + n_t d^2 = 3234 + 847; U b n_t d^2 = 5082
+        ("decoder_self_attention", "pie"): cost.Cost(memory=4081, ops=5082),
+        ("decoder_self_attention", "pid"): cost.Cost(memory=4081, ops=5082),
+        # U b n_s n_t d + U b n_t d + n_t d^2 = 2310 + 462 + 847
+        ("cross_attention", "pie"): cost.Cost(memory=3619, ops=5082),
+        # b n_s n_t d + U b n_t d + n_t d^2 = 1155 + 462 + 847
+        ("cross_attention", "pid"): cost.Cost(memory=2464, ops=5082),
+    }
+
+
+def test_book_terms_are_the_queries_and_the_prompts_by_hand():
+    # SHAPE: U=2, b=1, n_s=10, n_t=3, d=4, n_p=2
+    extra = cost.book_terms(**SHAPE)
+    assert extra[("decoder_self_attention", "pie")] == cost.Cost(memory=24, ops=0)       # U b n_t d
+    assert extra[("decoder_self_attention", "pid")] == cost.Cost(memory=24 + 48, ops=0)  # + U b n_t n_p d
+    assert extra[("encoder_self_attention", "pie")] == cost.Cost(memory=16, ops=64)      # U b n_p d, U b n_p d^2
+    assert extra[("cross_attention", "pie")] == cost.Cost(memory=48, ops=0)              # U b n_p n_t d
+    assert extra[("encoder_self_attention", "pid")] == extra[("cross_attention", "pid")] == cost.Cost(0, 0)
+    book = cost.book_table(**SHAPE)
+    printed = cost.table1(**{k: v for k, v in SHAPE.items() if k != "n_p"})
+    assert all(book[cell] == printed[cell] + extra[cell] for cell in book)
+
+
+def test_without_prompts_only_the_query_term_separates_book_and_paper():
+    shape = dict(U=30, b=8, n_s=289, n_t=56, d=512)
+    book, printed = cost.book_table(**shape), cost.table1(**shape)
+    for (component, method), cell in book.items():
+        query = 30 * 8 * 56 * 512 if component == "decoder_self_attention" else 0
+        assert cell == printed[(component, method)] + cost.Cost(memory=query, ops=0)
+        assert book[(component, "pid")].ops <= book[(component, "pie")].ops
 
 
 def test_u_equals_one_without_prompt_makes_methods_equal_where_they_should():
@@ -84,6 +117,8 @@ def test_forward_work_by_hand():
     (lambda: cost.cross_attention("pie", 1, 1, 1, 1, 1, n_p=-1), "n_p must be in"),
     (lambda: cost.cross_attention("pix", 1, 1, 1, 1, 1), "method must be one of"),
     (lambda: cost.inverse_intensity_ratio("ffn", 1, 1, 1, 1, 1), "component must be one of"),
+    (lambda: cost.table1(U=0, b=1, n_s=1, n_t=1, d=1), "U must be in"),
+    (lambda: cost.book_terms(U=1, b=1, n_s=1, n_t=1, d=1, n_p=-2), "n_p must be in"),
     (lambda: cost.device_preset("v100"), "name must be one of"),
     (lambda: cost.attainable_flops(0, cost.device_preset("t4")), "intensity must be in"),
     (lambda: cost.Device("x", peak_flops=-1, bandwidth=1), "peak_flops must be in"),

@@ -58,3 +58,26 @@ def test_training_curve_draws_slot_accuracy_jga_and_the_target():
     lines = fig.axes[0].get_lines()
     assert [tuple(line.get_ydata()) for line in lines[:2]] == [(0.8, 0.99), (0.1, 0.95)]
     assert tuple(lines[2].get_ydata()) == (0.9, 0.9)
+
+
+def test_figures_display_as_png_under_a_non_interactive_backend():
+    # pytest runs matplotlib's Agg backend, as `MPLBACKEND=Agg` did in the kernel that built the book
+    # and left the text '<Figure size ...>' where each figure belonged.
+    import matplotlib
+    from IPython.core.interactiveshell import InteractiveShell
+    assert matplotlib.get_backend().lower() == "agg"
+    shell = InteractiveShell.instance()
+    plots.show_figures_as_png(shell)
+    fig = plots.training_curve([{"step": 1, "jga": 0.5, "slot_accuracy": 0.9}], "run")
+    data, _ = shell.display_formatter.format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.figure_png(fig) == data["image/png"]
+
+
+def test_live_plot_draws_every_point_and_its_prediction():
+    live = plots.LivePlot(xlabel="U")
+    for x, y, p in ((1, 3.0, 2.0), (5, 9.0, 7.0)):
+        live.add("PID", x, y, p)
+    (measured, predicted) = live.draw().axes[0].get_lines()
+    assert list(measured.get_ydata()) == [3.0, 9.0] and list(predicted.get_ydata()) == [2.0, 7.0]
+    assert plots.figure_png(live.fig)[:4] == b"\x89PNG"

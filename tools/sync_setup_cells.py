@@ -16,7 +16,11 @@ MARKER = "# Setup (the same in every chapter)"
 
 
 def setup_cell_source(config_path: pathlib.Path = ROOT / "_config.yml") -> str:
-    """The setup cell: on Colab, install pidutils from the book's repository and enable widgets."""
+    """The setup cell: on Colab, install pidutils from the book's repository; nothing else.
+
+    Colab's own widget manager renders the book's sliders and live plots (core ipywidgets 7.7.1
+    widgets), so no custom widget manager is enabled.
+    """
     repo = yaml.safe_load(config_path.read_text())["repository"]
     url, branch = repo["url"].rstrip("/"), repo.get("branch", "main")
     return (
@@ -25,10 +29,7 @@ def setup_cell_source(config_path: pathlib.Path = ROOT / "_config.yml") -> str:
         "import sys\n"
         "\n"
         "if \"google.colab\" in sys.modules:\n"
-        f"    !pip install -q \"pidutils @ git+{url}@{branch}\"\n"
-        "    from google.colab import output\n"
-        "\n"
-        "    output.enable_custom_widget_manager()"
+        f"    !pip install -q \"pidutils @ git+{url}@{branch}\""
     )
 
 

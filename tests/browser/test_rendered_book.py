@@ -1,0 +1,203 @@
+"""The rendered book in a real browser, offline: what a reader of the HTML sees.
+
+``make browser-test`` runs this after ``make book``. Debian's Chromium, headless, opens every page
+of ``_build/html``, served from 127.0.0.1; every request for anything else is refused and reported,
+so a page that needs the network fails here. On each page it checks that every figure image
+loaded, every slider panel rendered, every live plot shows the last state saved in its chapter,
+the math is typeset with no raw ``\\(`` left, and no error, traceback or stderr output shows. It
+saves a full-page screenshot of each page under ``_build/screenshots/`` for humans.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import pathlib
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install -r tests/browser/requirements.txt")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Flags for a root user in a container with no network (what the machine's own probe uses).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+# pydata-sphinx-theme logs this on a browser's first visit, before a light/dark choice is saved.
+THEME_FIRST_VISIT = "Got invalid theme mode: . Resetting to auto."
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def toc_pages() -> list[str]:
+    """Every page of the book, as paths below ``_config.yml``'s folder without a suffix."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+PAGES = toc_pages()
+
+
+@dataclass
+class Report:
+    """What the browser saw on one page."""
+
+    page: str
+    offsite: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    dom: dict = field(default_factory=dict)
+
+
+def saved_outputs(page: str) -> tuple[int, list[str], int]:
+    """From the committed chapter: its PNG figures, each live plot's last PNG, and its slider count."""
+    path = ROOT / f"{page}.ipynb"
+    if not path.exists():
+        return 0, [], 0
+    nb = json.loads(path.read_text())
+    figures = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    live = [o["data"]["image/png"].replace("\n", "") for m in state.values() if m["model_name"] == "OutputModel"
+            for o in m["state"]["outputs"][-1:] if "image/png" in o.get("data", {})]
+    sliders = sum(m["model_name"] == "IntSliderModel" for m in state.values())
+    return figures, live, sliders
+
+
+@pytest.fixture(scope="module")
+def site() -> str:
+    """``_build/html`` served on a free port of 127.0.0.1."""
+    if not (HTML / "index.html").exists():
+        pytest.fail("no built book: run `make book` first")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not pathlib.Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+# Runs in the page once it has loaded: waits for MathJax and for every widget view to render.
+SETTLE = """async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const views = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
+  const rendered = () => views.every(v => v.previousElementSibling
+      && v.previousElementSibling.querySelector('.jupyter-widgets'));
+  for (let i = 0; i < 300 && !rendered(); i++) await new Promise(r => setTimeout(r, 100));
+  const images = [...document.images];
+  await Promise.all(images.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
+  return rendered();
+}"""
+
+# Runs in the page after SETTLE: what a reader would see, as data.
+LOOK = """() => {
+  const main = document.querySelector('main') || document.body;
+  const text = [...main.querySelectorAll('*')]
+      .filter(e => !e.closest('pre, code, script, style, .highlight, mjx-container, .widget-subarea'))
+      .map(e => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('')).join(' ');
+  const images = [...main.querySelectorAll('img')];
+  return {
+    broken_images: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 80)),
+    figure_images: images.filter(i => i.closest('.cell_output') && !i.closest('.widget-subarea')).length,
+    widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
+    rendered_views: [...document.querySelectorAll('.widget-subarea')].filter(e => e.querySelector('.jupyter-widgets')).length,
+    sliders: [...main.querySelectorAll('.widget-slider')].map(s => ({
+        label: (s.querySelector('.widget-label') || {}).textContent,
+        readout: ((s.querySelector('.widget-readout') || {}).textContent || '').trim(),
+        width: s.getBoundingClientRect().width})),
+    live_images: [...main.querySelectorAll('.widget-output img')].map(i => ({
+        src: i.src.replace(/^data:image\\/png;base64,/, ''), width: i.naturalWidth})),
+    math_spans: main.querySelectorAll('.math').length,
+    typeset: main.querySelectorAll('mjx-container').length,
+    math_errors: main.querySelectorAll('mjx-merror').length,
+    raw_math: (text.match(/\\\\\\(|\\\\\\[|\\$\\$/g) || []).length,
+    figure_text: (main.innerText.match(/<Figure size/g) || []).length,
+    error_outputs: main.querySelectorAll('.output.traceback, .output.error, .output.stderr').length,
+    traceback_text: (main.innerText.match(/Traceback \\(most recent call last\\)/g) || []).length,
+  };
+}"""
+
+
+@pytest.fixture(scope="module", params=PAGES)
+def report(request, site: str, browser) -> Report:
+    """Open one page with every off-site request refused; settle; look; take a screenshot."""
+    page_name = request.param
+    report = Report(page_name)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+    def only_this_site(route) -> None:
+        if route.request.url.startswith(site) or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            report.offsite.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_site)
+    page.on("pageerror", lambda error: report.errors.append(f"uncaught: {error}"))
+    page.on("console", lambda m: report.errors.append(f"console: {m.text}")
+            if m.type == "error" and m.text != THEME_FIRST_VISIT else None)
+    page.on("response", lambda r: report.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: None if r.url in report.offsite else report.failed.append(f"failed {r.url}"))
+    page.goto(site + page_name + ".html", wait_until="load")
+    assert page.evaluate(SETTLE), f"{page_name}: the widget views did not all render"
+    report.dom = page.evaluate(LOOK)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{pathlib.Path(page_name).name}.png"), full_page=True)
+    page.close()
+    return report
+
+
+def test_nothing_is_fetched_from_the_network(report: Report):
+    assert report.offsite == [], f"{report.page} asked for {report.offsite[:5]}"
+
+
+def test_every_resource_loads_and_no_script_fails(report: Report):
+    assert report.failed == [], f"{report.page}: {report.failed[:5]}"
+    assert report.errors == [], f"{report.page}: {report.errors[:5]}"
+
+
+def test_every_figure_is_a_loaded_image(report: Report):
+    figures, _, _ = saved_outputs(report.page)
+    assert report.dom["broken_images"] == [], report.page
+    assert report.dom["figure_text"] == 0, f"{report.page} shows '<Figure size ...>' text instead of a figure"
+    assert report.dom["figure_images"] == figures, f"{report.page}: {figures} PNG figures saved in the chapter"
+
+
+def test_every_slider_panel_renders(report: Report):
+    _, _, sliders = saved_outputs(report.page)
+    assert report.dom["rendered_views"] == report.dom["widget_views"], report.page
+    assert len(report.dom["sliders"]) == sliders, f"{report.page}: {sliders} sliders saved in the chapter"
+    for slider in report.dom["sliders"]:
+        assert slider["label"] and slider["readout"].isdigit() and slider["width"] > 100, (report.page, slider)
+
+
+def test_every_live_plot_shows_its_last_state(report: Report):
+    _, live, _ = saved_outputs(report.page)
+    shown = report.dom["live_images"]
+    assert [image["src"] for image in shown] == live, f"{report.page}: live plots differ from their saved last state"
+    assert all(image["width"] > 300 for image in shown), report.page
+
+
+def test_math_is_typeset(report: Report):
+    assert report.dom["raw_math"] == 0, f"{report.page} shows raw TeX delimiters"
+    assert report.dom["math_errors"] == 0, report.page
+    if report.dom["math_spans"]:
+        assert report.dom["typeset"] >= report.dom["math_spans"], f"{report.page}: MathJax did not typeset the math"
+
+
+def test_no_error_or_traceback_output(report: Report):
+    assert report.dom["error_outputs"] == 0 and report.dom["traceback_text"] == 0, report.page
