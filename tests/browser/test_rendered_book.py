@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
-
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install -r tests/browser/requirements.txt")
+from playwright import sync_api as playwright  # pip install -r tests/browser/requirements.txt
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
