@@ -173,6 +173,8 @@ def test_every_figure_is_a_loaded_image(report: Report):
     figures, _, _ = saved_outputs(report.page)
     assert report.dom["broken_images"] == [], report.page
     assert report.dom["figure_text"] == 0, f"{report.page} shows '<Figure size ...>' text instead of a figure"
+    html = (HTML / f"{report.page}.html").read_text()
+    assert "<Figure size" not in html and "&lt;Figure size" not in html, f"{report.page}.html holds figure text"
     assert report.dom["figure_images"] == figures, f"{report.page}: {figures} PNG figures saved in the chapter"
 
 
