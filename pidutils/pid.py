@@ -12,13 +12,13 @@ no position bias and no mask between queries.
 that chapter 3 measures PID against. :func:`pid_reference` is the slow, obviously correct check:
 Hugging Face ``generate`` on the copied encoder states.
 
-The decoder below is written out with the model's own weights (its layer norms, projections and
-feed-forward blocks), so that every step the chapter teaches is visible here.
+The decoder pass is written out once, with the model's own weights, in :mod:`pidutils.t5`, which
+the pipelined and speculative decoders of chapters 4 and 5 share; this module adds what is PID's
+own: the prompts as decoder prefixes, the loop over steps, and the training batches.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +27,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .checks import check_choice, check_int, check_prompt_lists, check_text
 from .pie import check_prompts, length_buckets, tokenize_checked
+from .t5 import causal_bias, check_t5, cross_memory, decoder_forward, encode, greedy
 from .tokenizer import check_vocab
 
 SEPARATOR = ":"
-
-
-def check_encoder_decoder(model) -> None:
-    """PID needs a T5-style encoder-decoder; anything else is a ``ValueError``."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "is_encoder_decoder", False) or getattr(config, "model_type", "") != "t5":
-        raise ValueError(f"model must be a T5 encoder-decoder (T5ForConditionalGeneration), "
-                         f"got {type(model).__name__}")
 
 
 # --- Step 1: the prompts as decoder prefixes --------------------------------------------------
@@ -79,160 +72,16 @@ def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
     return ids.to(model.device), mask.to(model.device), U
 
 
-# --- Step 2: encode once, and the cross-attention memory -----------------------------------------
-
-@dataclass
-class CrossMemory:
-    """Per decoder layer, the cross-attention keys and values of the documents, and their mask.
-
-    ``keys[l]`` and ``values[l]`` have shape ``(b, h, n_s, d_kv)`` when shared, ``(b*U, h, n_s, d_kv)``
-    when copied; ``bias`` is the additive key-padding mask, ``(rows, 1, 1, n_s)``.
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    bias: torch.Tensor
-
-    def nbytes(self) -> int:
-        """Bytes held by the cross-attention K/V, measured from the tensors themselves."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-
-def _heads(x: torch.Tensor, d_kv: int) -> torch.Tensor:
-    """(rows, n, h*d) -> (rows, h, n, d)."""
-    return x.view(x.shape[0], x.shape[1], -1, d_kv).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    """(rows, h, n, d) -> (rows, n, h*d)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-
-
-def _additive(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean "may attend" mask as an additive bias: 0 where valid, the dtype's minimum elsewhere."""
-    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, torch.finfo(dtype).min)
-
-
-def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Run the encoder once per document: (b, n_s, d)."""
-    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
-                 copies: int = 1) -> CrossMemory:
-    """Project the encoder states to every decoder layer's cross-attention K/V, once.
-
-    ``copies=1`` is PID's shared memory. ``copies=U`` first repeats the encoder states U times per
-    document, as Hugging Face's ``expand`` path does, so K/V are computed and stored U times.
-    """
-    if copies > 1:
-        encoded = encoded.repeat_interleave(copies, dim=0)
-        attention_mask = attention_mask.repeat_interleave(copies, dim=0)
-    d_kv = model.config.d_kv
-    keys, values = [], []
-    for block in model.get_decoder().block:
-        attn = block.layer[1].EncDecAttention
-        keys.append(_heads(attn.k(encoded), d_kv))
-        values.append(_heads(attn.v(encoded), d_kv))
-    bias = _additive(attention_mask.bool()[:, None, None, :], encoded.dtype)
-    return CrossMemory(keys, values, bias)
-
-
-# --- Step 3: one decoder pass with folded cross-attention ---------------------------------------
-
-def fold(q: torch.Tensor, rows: int) -> torch.Tensor:
-    """(b*U, h, q, d) -> (b, h, U*q, d): the U prompts' queries become one longer query axis."""
-    bu, h, n, d = q.shape
-    return q.view(rows, bu // rows, h, n, d).transpose(1, 2).reshape(rows, h, (bu // rows) * n, d)
-
-
-def unfold(x: torch.Tensor, bu: int) -> torch.Tensor:
-    """The inverse of :func:`fold`: (b, h, U*q, d) -> (b*U, h, q, d)."""
-    b, h, un, d = x.shape
-    U = bu // b
-    return x.view(b, h, U, un // U, d).transpose(1, 2).reshape(bu, h, un // U, d)
-
-
-def cross_attention(attn, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                    bias: torch.Tensor) -> torch.Tensor:
-    """T5 cross-attention of ``x`` (b*U, q, d) against K/V of b documents (shared) or b*U (copied)."""
-    d_kv = attn.key_value_proj_dim
-    q = _heads(attn.q(x), d_kv)
-    rows = keys.shape[0]
-    out = F.scaled_dot_product_attention(fold(q, rows), keys, values, attn_mask=bias, scale=1.0)
-    return attn.o(_merge(unfold(out, q.shape[0])))
-
-
-@dataclass
-class SelfCache:
-    """Per decoder layer, the self-attention keys and values so far, (b*U, h, t, d_kv) each."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
-
-
-def self_attention_bias(model: T5ForConditionalGeneration, past: int, new: int,
-                        valid: torch.Tensor) -> torch.Tensor:
-    """T5's relative position bias plus the causal and key-padding masks: (b*U, h, new, past+new).
-
-    ``valid`` is (b*U, past+new), False on left padding.
-    """
-    attn = model.get_decoder().block[0].layer[0].SelfAttention
-    total = past + new
-    position = attn.compute_bias(new, total, device=valid.device, past_seen_tokens=past)
-    causal = torch.ones(new, total, dtype=torch.bool, device=valid.device).tril(diagonal=past)
-    allowed = causal[None, None] & valid[:, None, None, :]
-    return position.to(model.dtype) + _additive(allowed, model.dtype)
-
-
-def self_attention(attn, x: torch.Tensor, cache: SelfCache | None, layer: int,
-                   bias: torch.Tensor) -> torch.Tensor:
-    """T5 self-attention over the prefix so far; appends this step's K/V to ``cache``."""
-    d_kv = attn.key_value_proj_dim
-    q, k, v = (_heads(proj(x), d_kv) for proj in (attn.q, attn.k, attn.v))
-    if cache is not None:
-        if len(cache.keys) > layer:
-            k = torch.cat([cache.keys[layer], k], dim=2)
-            v = torch.cat([cache.values[layer], v], dim=2)
-            cache.keys[layer], cache.values[layer] = k, v
-        else:
-            cache.keys.append(k)
-            cache.values.append(v)
-    return attn.o(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)))
-
-
-def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory: CrossMemory,
-                    valid: torch.Tensor, cache: SelfCache | None = None) -> torch.Tensor:
-    """Run the decoder on ``ids`` (b*U, new) after ``cache``; return the logits (b*U, new, vocab).
-
-    ``valid`` (b*U, past+new) marks real tokens. Each block is T5's: self-attention, cross-attention
-    (folded when the memory is shared), feed-forward, each pre-normed with a residual connection.
-    """
-    decoder = model.get_decoder()
-    past = cache.length if cache is not None else 0
-    bias = self_attention_bias(model, past, ids.shape[1], valid)
-    h = decoder.embed_tokens(ids)
-    for layer, block in enumerate(decoder.block):
-        sa, ca, ff = block.layer
-        h = h + self_attention(sa.SelfAttention, sa.layer_norm(h), cache, layer, bias)
-        h = h + cross_attention(ca.EncDecAttention, ca.layer_norm(h), memory.keys[layer],
-                                memory.values[layer], memory.bias)
-        h = ff(h)
-    h = decoder.final_layer_norm(h)
-    if model.config.scale_decoder_outputs:
-        h = h * model.config.d_model ** -0.5
-    return model.lm_head(h)
+# --- Steps 2 and 3: encode once, and decode with folded cross-attention ----------------------------
+# The encoder, the shared cross-attention memory (t5.cross_memory), the folded queries (t5.fold)
+# and the decoder pass (t5.decoder_forward) live in pidutils.t5, which every method shares.
 
 
 # --- Step 4: greedy decoding of all U answers in parallel ---------------------------------------
 
 def check_pid_inputs(model, tokenizer, documents, prompts, max_new_tokens: int, cross: str) -> None:
     """Every ``ValueError`` PID raises, before any work."""
-    check_encoder_decoder(model)
+    check_t5(model)
     check_prompts(documents, prompts)
     check_int("max_new_tokens", max_new_tokens, 1)
     check_choice("cross", cross, ["shared", "copy"])
@@ -253,23 +102,8 @@ def pid_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
     ids, valid, U = decoder_prefixes(model, tokenizer, prompts, truncation)
     memory = cross_memory(model, encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"],
                           copies=U if cross == "copy" else 1)
-    cache = SelfCache([], [])
-    eos, pad = model.config.eos_token_id, tokenizer.pad_token_id
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    tokens, scores = [], []
-    step_ids = ids
-    for _ in range(max_new_tokens):
-        logits = decoder_forward(model, step_ids, memory, valid, cache)[:, -1]
-        token = logits.argmax(-1).masked_fill(done, pad)
-        tokens.append(token)
-        scores.append(logits)
-        done |= token == eos
-        if bool(done.all()):
-            break
-        step_ids = token[:, None]
-        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-    out = torch.stack(tokens, dim=1)
-    return (out, torch.stack(scores, dim=1)) if return_scores else out
+    tokens, scores = greedy(model, memory, ids, valid, max_new_tokens, pad=tokenizer.pad_token_id)
+    return (tokens, scores) if return_scores else tokens
 
 
 def split_answers(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor,
@@ -354,5 +188,5 @@ def pid_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
                           batch["attention_mask"])
     ids = batch["decoder_input_ids"]
     valid = torch.ones_like(ids, dtype=torch.bool)  # right padding: the causal mask hides it
-    logits = decoder_forward(model, ids, memory, valid)
+    logits = decoder_forward(model, ids, memory, causal_bias(model, 0, ids.shape[1], valid))
     return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)

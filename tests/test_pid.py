@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import T5EncoderModel
 
-from pidutils import data, pid
+from pidutils import data, pid, t5
 from pidutils.models import random_t5
 
 
@@ -47,8 +47,9 @@ def test_answers_drop_the_padding_prompts(model, tokenizer, docs):
 def test_teacher_forced_logits_equal_hugging_face_on_copied_states(model, tokenizer, docs):
     enc = tokenizer(docs, padding=True, return_tensors="pt")
     ids, valid, U = pid.decoder_prefixes(model, tokenizer, PROMPTS)
-    encoded = pid.encode(model, enc["input_ids"], enc["attention_mask"])
-    ours = pid.decoder_forward(model, ids, pid.cross_memory(model, encoded, enc["attention_mask"]), valid)
+    encoded = t5.encode(model, enc["input_ids"], enc["attention_mask"])
+    bias = t5.causal_bias(model, 0, ids.shape[1], valid)
+    ours = t5.decoder_forward(model, ids, t5.cross_memory(model, encoded, enc["attention_mask"]), bias)
     hf = model(encoder_outputs=(encoded.repeat_interleave(U, 0),), attention_mask=enc["attention_mask"].repeat_interleave(U, 0),
                decoder_input_ids=ids, decoder_attention_mask=valid.long()).logits
     assert close(ours[valid], hf[valid])
@@ -58,10 +59,10 @@ def test_fold_unfold_are_inverse_and_folded_attention_is_exact():
     torch.manual_seed(0)
     b, U, h, q, d, n = 2, 5, 3, 4, 8, 11
     queries = torch.randn(b * U, h, q, d)
-    assert pid.fold(queries, b).shape == (b, h, U * q, d)
-    assert torch.equal(pid.unfold(pid.fold(queries, b), b * U), queries)
+    assert t5.fold(queries, b).shape == (b, h, U * q, d)
+    assert torch.equal(t5.unfold(t5.fold(queries, b), b * U), queries)
     keys, values = torch.randn(b, h, n, d), torch.randn(b, h, n, d)
-    folded = pid.unfold(torch.nn.functional.scaled_dot_product_attention(pid.fold(queries, b), keys, values), b * U)
+    folded = t5.unfold(torch.nn.functional.scaled_dot_product_attention(t5.fold(queries, b), keys, values), b * U)
     per_prompt = torch.nn.functional.scaled_dot_product_attention(
         queries, keys.repeat_interleave(U, 0), values.repeat_interleave(U, 0))
     torch.testing.assert_close(folded, per_prompt, rtol=1e-5, atol=1e-6)
@@ -69,12 +70,12 @@ def test_fold_unfold_are_inverse_and_folded_attention_is_exact():
 
 def test_cross_memory_is_b_ns_d_per_layer_shared_and_U_times_that_copied(model, tokenizer, docs):
     enc = tokenizer(docs, padding=True, return_tensors="pt")
-    encoded = pid.encode(model, enc["input_ids"], enc["attention_mask"])
+    encoded = t5.encode(model, enc["input_ids"], enc["attention_mask"])
     b, n_s = enc["input_ids"].shape
     cfg = model.config
     per_layer = 2 * b * n_s * cfg.num_heads * cfg.d_kv * 4  # K and V, fp32
-    shared = pid.cross_memory(model, encoded, enc["attention_mask"])
-    copied = pid.cross_memory(model, encoded, enc["attention_mask"], copies=7)
+    shared = t5.cross_memory(model, encoded, enc["attention_mask"])
+    copied = t5.cross_memory(model, encoded, enc["attention_mask"], copies=7)
     assert shared.nbytes() == cfg.num_decoder_layers * per_layer
     assert copied.nbytes() == 7 * shared.nbytes()
 
@@ -85,7 +86,7 @@ def test_pid_loss_is_huggingface_loss_with_one_encoding_per_dialogue(model, toke
     batch = pid.pid_batches(split, tokenizer, model, batch_size=2)(random.Random(0))
     rows = batch["decoder_input_ids"].shape[0]
     assert rows == 2 * len(data.SLOTS)
-    encoded = pid.encode(model, batch["input_ids"], batch["attention_mask"])
+    encoded = t5.encode(model, batch["input_ids"], batch["attention_mask"])
     hf = model(encoder_outputs=(encoded.repeat_interleave(len(data.SLOTS), 0),),
                attention_mask=batch["attention_mask"].repeat_interleave(len(data.SLOTS), 0),
                decoder_input_ids=batch["decoder_input_ids"], labels=batch["labels"]).loss

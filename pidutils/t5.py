@@ -1,0 +1,250 @@
+"""T5's decoder pass written out once, for every decoding method of the book (chapters 3 to 5).
+
+Each method differs from plain decoding in one place only, and that place is an argument here:
+
+- PID (chapter 3) shares the cross-attention keys and values of one document among U prompts by
+  folding the U prompts' queries into the query axis (:func:`fold`, :func:`cross_attention`);
+- pipelined decoding (chapter 4) gives self-attention its own mask and relative positions, so the
+  caller passes the self-attention bias (:func:`relative_position_bias`, :func:`additive_mask`);
+- speculative decoding (chapter 5) rolls the self-attention cache back after a rejection, so the
+  cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast.
+
+:func:`decoder_forward` runs the embedding, every block (self-attention with the given bias and
+cache, cross-attention shared or copied, feed-forward) and the LM head, with the model's own
+weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import T5ForConditionalGeneration
+
+from .checks import check_int
+
+
+def check_t5(model) -> None:
+    """The book's decoders need a T5-style encoder-decoder; anything else is a ``ValueError``."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "is_encoder_decoder", False) or getattr(config, "model_type", "") != "t5":
+        raise ValueError(f"model must be a T5 encoder-decoder (T5ForConditionalGeneration), "
+                         f"got {type(model).__name__}")
+
+
+def heads(x: torch.Tensor, d_kv: int) -> torch.Tensor:
+    """(rows, n, h*d) -> (rows, h, n, d)."""
+    return x.view(x.shape[0], x.shape[1], -1, d_kv).transpose(1, 2)
+
+
+def merge(x: torch.Tensor) -> torch.Tensor:
+    """(rows, h, n, d) -> (rows, n, h*d)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean "may attend" mask as an additive bias: 0 where allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+# --- The encoder, once, and the cross-attention memory --------------------------------------------
+
+def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Run the encoder once per document: (b, n_s, d)."""
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+@dataclass
+class CrossMemory:
+    """Per decoder layer, the cross-attention keys and values of the documents, and their mask.
+
+    ``keys[l]`` and ``values[l]`` have shape ``(b, h, n_s, d_kv)`` when shared, ``(b*U, h, n_s, d_kv)``
+    when copied; ``bias`` is the additive key-padding mask, ``(rows, 1, 1, n_s)``.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    bias: torch.Tensor
+
+    def nbytes(self) -> int:
+        """Bytes held by the cross-attention K/V, measured from the tensors themselves."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                 copies: int = 1) -> CrossMemory:
+    """Project the encoder states to every decoder layer's cross-attention K/V, once.
+
+    ``copies=1`` is PID's shared memory. ``copies=U`` first repeats the encoder states U times per
+    document, as Hugging Face's ``expand`` path does, so K/V are computed and stored U times.
+    """
+    if copies > 1:
+        encoded = encoded.repeat_interleave(copies, dim=0)
+        attention_mask = attention_mask.repeat_interleave(copies, dim=0)
+    d_kv = model.config.d_kv
+    keys, values = [], []
+    for block in model.get_decoder().block:
+        attn = block.layer[1].EncDecAttention
+        keys.append(heads(attn.k(encoded), d_kv))
+        values.append(heads(attn.v(encoded), d_kv))
+    bias = additive_mask(attention_mask.bool()[:, None, None, :], encoded.dtype)
+    return CrossMemory(keys, values, bias)
+
+
+def fold(q: torch.Tensor, rows: int) -> torch.Tensor:
+    """(b*U, h, q, d) -> (b, h, U*q, d): the U prompts' queries become one longer query axis."""
+    bu, h, n, d = q.shape
+    return q.view(rows, bu // rows, h, n, d).transpose(1, 2).reshape(rows, h, (bu // rows) * n, d)
+
+
+def unfold(x: torch.Tensor, bu: int) -> torch.Tensor:
+    """The inverse of :func:`fold`: (b, h, U*q, d) -> (b*U, h, q, d)."""
+    b, h, un, d = x.shape
+    U = bu // b
+    return x.view(b, h, U, un // U, d).transpose(1, 2).reshape(bu, h, un // U, d)
+
+
+def cross_attention(attn, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    bias: torch.Tensor) -> torch.Tensor:
+    """T5 cross-attention of ``x`` (b*U, q, d) against K/V of b documents (shared) or b*U (copied)."""
+    d_kv = attn.key_value_proj_dim
+    q = heads(attn.q(x), d_kv)
+    rows = keys.shape[0]
+    out = F.scaled_dot_product_attention(fold(q, rows), keys, values, attn_mask=bias, scale=1.0)
+    return attn.o(merge(unfold(out, q.shape[0])))
+
+
+# --- Self-attention: its bias, and a cache that can roll back -------------------------------------
+
+def relative_position_bias(model: T5ForConditionalGeneration, relative_position: torch.Tensor) -> torch.Tensor:
+    """T5's learned self-attention bias for given relative positions (key minus query), per head.
+
+    ``relative_position`` has shape ``(..., q, k)``; the result ``(..., h, q, k)``. The decoder's
+    buckets are unidirectional: every key ahead of its query (a positive position) falls in bucket
+    0, so causality must come from the mask, and a distance D into the past is passed as -D. Only
+    the first block holds the bias table; every block reuses it.
+    """
+    attn = model.get_decoder().block[0].layer[0].SelfAttention
+    buckets = attn._relative_position_bucket(relative_position, bidirectional=False,
+                                             num_buckets=attn.relative_attention_num_buckets,
+                                             max_distance=attn.relative_attention_max_distance)
+    return attn.relative_attention_bias(buckets).movedim(-1, -3).to(model.dtype)
+
+
+def causal_bias(model: T5ForConditionalGeneration, past: int, new: int, valid: torch.Tensor) -> torch.Tensor:
+    """Ordinary decoding's self-attention bias: positions in sequence order, causal and key-padding masks.
+
+    ``valid`` (rows, past+new) is False on padding. Returns (rows, h, new, past+new).
+    """
+    position = torch.arange(past + new, device=valid.device)
+    relative = position[None, :] - position[past:, None]
+    causal = relative <= 0
+    allowed = causal[None, None] & valid[:, None, None, :]
+    return relative_position_bias(model, relative)[None] + additive_mask(allowed, model.dtype)
+
+
+@dataclass
+class KVCache:
+    """Per decoder layer, preallocated self-attention keys and values, ``(rows, h, capacity, d_kv)``.
+
+    The first :attr:`length` positions hold the tokens so far. A pass writes its new tokens' keys
+    and values in place after them (no copy of the cache), and :meth:`truncate` rolls the cache
+    back by resetting the length: speculative decoding's rejected drafts (chapter 5).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, model: T5ForConditionalGeneration, rows: int, capacity: int) -> "KVCache":
+        """A cache for ``rows`` sequences of at most ``capacity`` tokens, on the model's device and dtype."""
+        check_int("rows", rows, 1)
+        check_int("capacity", capacity, 1)
+        cfg = model.config
+        shape = (rows, cfg.num_heads, capacity, cfg.d_kv)
+        new = lambda: torch.zeros(shape, dtype=model.dtype, device=model.device)  # noqa: E731
+        return cls([new() for _ in range(cfg.num_decoder_layers)], [new() for _ in range(cfg.num_decoder_layers)])
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new K/V after :attr:`length`; return that layer's K/V so far, new included."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the cache holds at most {self.capacity} tokens; this pass would make {end}")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first ``length`` tokens (the cross-attention memory is not touched)."""
+        check_int("length", length, 0, self.length)
+        self.length = length
+
+
+def self_attention(attn, x: torch.Tensor, cache: KVCache | None, layer: int, bias: torch.Tensor) -> torch.Tensor:
+    """T5 self-attention of ``x`` over the cached tokens and itself, under ``bias``; fills ``cache``."""
+    d_kv = attn.key_value_proj_dim
+    q, k, v = (heads(proj(x), d_kv) for proj in (attn.q, attn.k, attn.v))
+    if cache is not None:
+        k, v = cache.write(layer, k, v)
+    return attn.o(merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)))
+
+
+def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory: CrossMemory,
+                    self_bias: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """Run the decoder on ``ids`` (rows, new) after ``cache``; return the logits (rows, new, vocab).
+
+    ``self_bias`` (rows or 1, h, new, past+new) is the self-attention's position bias plus its
+    mask, the one thing each method chooses. Each block is T5's: self-attention, cross-attention
+    (folded when the memory is shared), feed-forward, each pre-normed with a residual connection.
+    With a cache, the new tokens' keys and values are appended and its length advances by ``new``.
+    """
+    decoder = model.get_decoder()
+    h = decoder.embed_tokens(ids)
+    for layer, block in enumerate(decoder.block):
+        sa, ca, ff = block.layer
+        h = h + self_attention(sa.SelfAttention, sa.layer_norm(h), cache, layer, self_bias)
+        h = h + cross_attention(ca.EncDecAttention, ca.layer_norm(h), memory.keys[layer],
+                                memory.values[layer], memory.bias)
+        h = ff(h)
+    if cache is not None:
+        cache.length += ids.shape[1]
+    h = decoder.final_layer_norm(h)
+    if model.config.scale_decoder_outputs:
+        h = h * model.config.d_model ** -0.5
+    return model.lm_head(h)
+
+
+# --- Greedy decoding on this pass ------------------------------------------------------------------
+
+def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch.Tensor, valid: torch.Tensor,
+           max_new_tokens: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding with the KV cache after left-padded ``prefix`` rows; ``valid`` is False on padding.
+
+    Returns the new tokens (rows, steps) and each step's logits (rows, steps, vocab). Every row stops
+    at its own ``</s>`` (later positions hold ``pad``); the loop ends when all rows have stopped or
+    after ``max_new_tokens`` steps. PID (chapter 3) decodes its prompt rows with it; chapter 4's
+    sequential baseline decodes from the start token alone.
+    """
+    check_int("max_new_tokens", max_new_tokens, 1)
+    cache = KVCache.empty(model, rows=prefix.shape[0], capacity=prefix.shape[1] + max_new_tokens)
+    eos = model.config.eos_token_id
+    done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    tokens, scores = [], []
+    step_ids = prefix
+    for _ in range(max_new_tokens):
+        logits = decoder_forward(model, step_ids, memory, causal_bias(model, cache.length, step_ids.shape[1], valid),
+                                 cache)[:, -1]
+        token = logits.argmax(-1).masked_fill(done, pad)
+        tokens.append(token)
+        scores.append(logits)
+        done |= token == eos
+        if bool(done.all()):
+            break
+        step_ids = token[:, None]
+        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+    return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)

@@ -1,0 +1,88 @@
+"""The shared decoder pass (pidutils.t5) against Hugging Face's T5: biases, cache, rollback."""
+import pytest
+import torch
+
+from pidutils import t5
+from pidutils.models import random_t5
+
+
+def close(a, b, tol=1e-5):
+    """Equal within ``tol`` of the largest logit (random T5s have logits in the hundreds)."""
+    return bool((a - b).abs().max() <= tol * b.abs().max())
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = random_t5("t5-tiny", seed=1)
+    torch.manual_seed(1)
+    source = torch.randint(2, model.config.vocab_size, (2, 9))
+    mask = torch.ones_like(source)
+    mask[1, 6:] = 0
+    memory = t5.cross_memory(model, t5.encode(model, source, mask), mask)
+    target = torch.randint(2, model.config.vocab_size, (2, 7))
+    return model, source, mask, memory, target
+
+
+def test_relative_position_bias_is_hugging_faces(setup):
+    model = setup[0]
+    attn = model.get_decoder().block[0].layer[0].SelfAttention
+    for past, new in ((0, 5), (4, 1), (3, 3)):
+        hf = attn.compute_bias(new, past + new, device="cpu", past_seen_tokens=past)
+        position = torch.arange(past + new)
+        ours = t5.relative_position_bias(model, position[None, :] - position[past:, None])
+        assert torch.equal(ours[None], hf)
+
+
+def test_full_pass_equals_hugging_face(setup):
+    model, source, mask, memory, target = setup
+    valid = torch.ones_like(target, dtype=torch.bool)
+    ours = t5.decoder_forward(model, target, memory, t5.causal_bias(model, 0, 7, valid))
+    hf = model(input_ids=source, attention_mask=mask, decoder_input_ids=target).logits
+    assert close(ours, hf)
+
+
+def test_cached_steps_equal_the_full_pass_and_write_in_place(setup):
+    model, _, _, memory, target = setup
+    valid = torch.ones_like(target, dtype=torch.bool)
+    full = t5.decoder_forward(model, target, memory, t5.causal_bias(model, 0, 7, valid))
+    cache = t5.KVCache.empty(model, rows=2, capacity=10)
+    buffer = cache.keys[0].data_ptr()
+    steps = [t5.decoder_forward(model, target[:, :3], memory, t5.causal_bias(model, 0, 3, valid[:, :3]), cache)]
+    for i in range(3, 7):
+        steps.append(t5.decoder_forward(model, target[:, i:i + 1], memory,
+                                        t5.causal_bias(model, i, 1, valid[:, :i + 1]), cache))
+    assert cache.length == 7 and cache.keys[0].data_ptr() == buffer
+    assert close(torch.cat(steps, dim=1), full)
+
+
+def test_truncate_rolls_back_exactly(setup):
+    model, _, _, memory, target = setup
+    valid = torch.ones((2, 7), dtype=torch.bool)
+    cache = t5.KVCache.empty(model, rows=2, capacity=7)
+    t5.decoder_forward(model, target[:, :5], memory, t5.causal_bias(model, 0, 5, valid[:, :5]), cache)
+    cache.truncate(3)
+    other = torch.flip(target[:, 3:5], dims=[1])  # a different continuation after the first three
+    again = t5.decoder_forward(model, other, memory, t5.causal_bias(model, 3, 2, valid[:, :5]), cache)
+    fresh = t5.decoder_forward(model, torch.cat([target[:, :3], other], 1), memory,
+                               t5.causal_bias(model, 0, 5, valid[:, :5]))[:, 3:]
+    assert cache.length == 5 and close(again, fresh)
+
+
+def test_cache_limits_are_value_errors(setup):
+    model, _, _, memory, target = setup
+    cache = t5.KVCache.empty(model, rows=2, capacity=2)
+    with pytest.raises(ValueError, match="at most 2 tokens"):
+        t5.decoder_forward(model, target[:, :3], memory,
+                           t5.causal_bias(model, 0, 3, torch.ones((2, 3), dtype=torch.bool)), cache)
+    with pytest.raises(ValueError, match="length must be in"):
+        cache.truncate(1)
+    with pytest.raises(ValueError, match="capacity must be in"):
+        t5.KVCache.empty(model, rows=1, capacity=0)
+    with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
+        t5.check_t5(torch.nn.Linear(2, 2))
