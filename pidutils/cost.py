@@ -13,6 +13,7 @@ PIE/PID table.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .checks import check_choice, check_float, check_int
@@ -246,3 +247,29 @@ def training_flops(encoder_params: int, decoder_params: int, encoder_tokens: int
                         ("encoder_tokens", encoder_tokens), ("decoder_tokens", decoder_tokens)):
         check_int(name, value, 0)
     return 6.0 * (encoder_params * encoder_tokens + decoder_params * decoder_tokens)
+
+
+# --- Pipelined decoding: time-steps from the schedule (chapter 4) ----------------------------------
+
+def pipelined_steps(lengths: Sequence[int], delta_t: int) -> int:
+    """Time-steps pipelined decoding takes for subsequences of ``lengths`` tokens (Huang et al. 2025).
+
+    Subsequence i (from 0) starts at step i·Δt + 1 and makes its L_i tokens and its </s> at one
+    per step, so it ends at step i·Δt + L_i + 1; the empty subsequence that closes the output
+    starts and ends at step n·Δt + 1. Decoding takes as many steps as the last of them
+    (:func:`pidutils.pipelined.algorithm1` with a model that makes exactly these tokens).
+    """
+    check_int("delta_t", delta_t, 1)
+    for length in lengths:
+        check_int("each length", length, 0)
+    ends = [i * delta_t + length + 1 for i, length in enumerate(lengths)]
+    return max(ends + [len(lengths) * delta_t + 1])
+
+
+def sequential_steps(lengths: Sequence[int], separator_tokens: int = 1) -> int:
+    """Time-steps of one sequence holding the same subsequences: every token, a separator between
+    subsequences, and </s>."""
+    check_int("separator_tokens", separator_tokens, 0)
+    for length in lengths:
+        check_int("each length", length, 0)
+    return sum(lengths) + separator_tokens * max(len(lengths) - 1, 0) + 1

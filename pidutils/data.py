@@ -7,17 +7,19 @@ that mention values, change them ("actually, make it 5 people"), say "dontcare",
 the system offers, and carry values across domains ("a taxi to the restaurant"); values of 1-4
 tokens, and "none" for slots never mentioned. The three views the book needs are
 :func:`pie_view` (X + Z_u -> Y_u), :func:`pid_view` (X; Z_1..Z_U -> Y_1..Y_U) and
-:func:`full_state_view` (X -> "slot = value ; ...").
+:func:`full_state_view` (X -> the subsequences "slot : value").
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from datasets import Dataset, DatasetDict
 
 from .checks import check_choice, check_int, check_text
 
 NONE, DONTCARE = "none", "dontcare"
+SLOT_VALUE = " : "  # between a slot and its value in a full-state subsequence
 
 AREAS = ["north", "south", "east", "west", "centre"]
 PRICES = ["cheap", "moderate", "expensive"]
@@ -278,8 +280,29 @@ def pid_view(split: Dataset) -> Dataset:
                                "targets": r["values"]} for r in split])
 
 
+def state_subsequence(slot: str, value: str) -> str:
+    """One subsequence of the full state: "slot : value" (the tokenizer knows ':' but not '=')."""
+    return f"{slot}{SLOT_VALUE}{value}"
+
+
 def full_state_view(split: Dataset) -> Dataset:
-    """Full state: X -> the subsequences "slot = value" of the slots that are not "none"."""
+    """Full state: X -> the subsequences "slot : value" of the slots that are not "none", in slot order."""
     return Dataset.from_list([{"id": r["id"], "document": r["dialogue"],
-                               "subsequences": [f"{s} = {v}" for s, v in zip(r["slots"], r["values"]) if v != NONE]}
+                               "subsequences": [state_subsequence(s, v) for s, v in zip(r["slots"], r["values"])
+                                                if v != NONE]}
                               for r in split])
+
+
+def parse_state(subsequences: Sequence[str], slots: Sequence[str] = SLOTS) -> list[str]:
+    """The value of each of ``slots`` in generated "slot : value" subsequences; "none" if unmentioned.
+
+    A subsequence that names no known slot is ignored; a slot named twice keeps its first value.
+    Chapter 4 scores the full-state decoders with it (joint goal accuracy).
+    """
+    state: dict[str, str] = {}
+    for text in subsequences:
+        slot, sep, value = text.strip().partition(SLOT_VALUE.strip())
+        slot, value = slot.strip(), value.strip()
+        if sep and slot in SLOTS and value:
+            state.setdefault(slot, value)
+    return [state.get(s, NONE) for s in slots]

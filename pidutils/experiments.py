@@ -161,3 +161,74 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
                   f" | vs copy {row['speedup_vs_copy']:4.2f}x | FLOPs {row['flops_ratio']:.3f}x"
                   f" | peak MB " + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in METHODS))
     return result
+
+
+@experiment("pipelined")
+def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8, repeats: int = 3) -> dict:
+    """Sequential against pipelined decoding of the full state, on the same test dialogues (chapter 4).
+
+    Throughput end to end (the paper's examples per second) and in the decoding phase alone, at
+    b = 1 and batched; the ratio of time-steps; peak memory; JGA; the speed-up against the number of
+    subsequences (the paper's Figure 4); and Δt = 1..4 (its Table 5). Hugging Face ``generate`` on
+    the sequential model is a second, outside baseline.
+    """
+    from . import fullstate as fsm
+    from .pipelined import DELTA_TS
+    fs = fsm.load_full_state(device, dialogues)
+    n = len(fs.documents)
+    result = {"experiment": "pipelined", "setup": describe(device, fs.seq.dtype, models="seq/pipe-t5-tiny",
+                                                           dialogues=n, delta_t=1),
+              "throughput": {}}
+    print(result["setup"])
+    for b in (1, batch):
+        for phase, decoding_only in (("end to end", False), ("decoding phase", True)):
+            t = compare(fsm.runs(fs, b, 1, decoding_only), device, warmup=1, repeats=repeats)
+            row = {name: n / timing.median for name, timing in t.items()}
+            row["speedup"] = speedup(t["sequential"], t["pipelined"])
+            if "HF generate" in t:
+                row["speedup_vs_hf"] = speedup(t["HF generate"], t["pipelined"])
+            result["throughput"][f"b={b}, {phase}"] = row
+            print(f"b={b} {phase:15s}: " + " | ".join(f"{k} {v:6.1f} ex/s" for k, v in row.items() if "speedup" not in k)
+                  + f" | pipelined/sequential {row['speedup']:.2f}x"
+                  + (f" | pipelined/HF generate {row['speedup_vs_hf']:.2f}x (a different baseline)"
+                     if "speedup_vs_hf" in row else ""))
+    seq_steps, pipe_steps = fsm.sequential_steps(fs), fsm.pipelined_steps_taken(fs, 1)
+    result["steps"] = {"sequential": sum(seq_steps) / n, "pipelined": sum(pipe_steps) / n,
+                       "ratio": sum(seq_steps) / sum(pipe_steps)}
+    print(f"time-steps per dialogue: sequential {result['steps']['sequential']:.1f}, pipelined "
+          f"{result['steps']['pipelined']:.1f}: ratio {result['steps']['ratio']:.2f}x (the speed-up's upper bound)")
+    one = fsm.runs(fsm.FullState(fs.seq, fs.pipe, fs.tokenizer, fs.documents[:batch], [], []), batch)
+    result["peak_bytes"] = {name: peak_memory(one[name], device) for name in ("sequential", "pipelined")}
+    print(f"peak memory, b={batch}: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in result["peak_bytes"].items()))
+    result["jga"] = {"sequential": fsm.jga(fs, "sequential"), "pipelined": fsm.jga(fs, "pipelined", 1)}
+    print(f"JGA: sequential {result['jga']['sequential']:.3f}, pipelined {result['jga']['pipelined']:.3f}")
+    result["by_subsequences"] = subsequence_speedups(fs, device, repeats)
+    print("speed-up by number of subsequences (Figure 4): " + ", ".join(
+        f"{k}: {v:.2f}x" for k, v in sorted(result["by_subsequences"].items())))
+    result["delta_t"] = {}
+    t = compare({d: fsm.runs(fs, 1, d)["pipelined"] for d in DELTA_TS}, device, warmup=1, repeats=repeats)
+    for d in DELTA_TS:
+        result["delta_t"][d] = {"jga": fsm.jga(fs, "pipelined", d), "examples_per_s": n / t[d].median,
+                                "steps": sum(fsm.pipelined_steps_taken(fs, d)) / n}
+        print(f"Δt={d}: JGA {result['delta_t'][d]['jga']:.3f}, {result['delta_t'][d]['examples_per_s']:.1f} ex/s, "
+              f"{result['delta_t'][d]['steps']:.1f} steps per dialogue")
+    return result
+
+
+def subsequence_speedups(fs, device: torch.device, repeats: int = 3) -> dict[int, float]:
+    """End-to-end speed-up of pipelined over sequential decoding, b = 1, by number of gold subsequences.
+
+    Each dialogue is timed alone, the two decoders interleaved; the ratio of the summed medians per
+    number of subsequences (the paper's Figure 4).
+    """
+    from .pipelined import pipelined_generate_ids, sequential_generate_ids
+    from .fullstate import MAX_NEW_TOKENS
+    totals: dict[int, list[float]] = {}
+    for document, subsequences in zip(fs.documents, fs.subsequences):
+        t = compare({"sequential": lambda: sequential_generate_ids(fs.seq, fs.tokenizer, [document], MAX_NEW_TOKENS),
+                     "pipelined": lambda: pipelined_generate_ids(fs.pipe, fs.tokenizer, [document])},
+                    device, warmup=1, repeats=repeats)
+        pair = totals.setdefault(len(subsequences), [0.0, 0.0])
+        pair[0] += t["sequential"].median
+        pair[1] += t["pipelined"].median
+    return {k: seq / pipe for k, (seq, pipe) in totals.items()}

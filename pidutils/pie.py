@@ -110,9 +110,14 @@ def pie_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8, 
             j = rng.choice(set_slots) if (k % SET_SLOT_EVERY == 0 and set_slots) else rng.randrange(len(slots[i]))
             sources.append(pie_source(slots[i][j], dialogues[i]))
             targets.append(values[i][j])
-        enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
-        labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
-        labels[labels == tokenizer.pad_token_id] = -100
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        return seq2seq_batch(tokenizer, sources, targets)
 
     return next_batch
+
+
+def seq2seq_batch(tokenizer: PreTrainedTokenizerFast, sources: list[str], targets: list[str]) -> dict:
+    """Encoder inputs and ``labels`` (target tokens and ``</s>``, padding -100) for the model's own loss."""
+    enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
+    labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
+    labels[labels == tokenizer.pad_token_id] = -100
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}

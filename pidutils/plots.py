@@ -171,3 +171,74 @@ def training_curve(validation: list[dict], title: str, target: float = 0.9) -> p
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def schedule_grid(tokens: list[list[str]], made: list[list[int]], title: str = "") -> plt.Figure:
+    """The pipelined decoder's schedule, as the paper's Figure 2: a row per subsequence, a column per
+    time-step, and in each cell the token that subsequence made at that step (chapter 4).
+
+    ``tokens[i]`` is subsequence i's tokens in order (its ``</s>`` included); ``made[t]`` lists the
+    subsequences that made a token at step t + 1 (:class:`pidutils.pipelined.Schedule`).
+    """
+    position = [0] * len(tokens)
+    cells = {}
+    for t, subs in enumerate(made):
+        for i in subs:
+            cells[(i, t)] = tokens[i][position[i]] if position[i] < len(tokens[i]) else "?"
+            position[i] += 1
+    steps, rows = len(made), len(tokens)
+    fig, ax = plt.subplots(figsize=(0.85 * steps + 1.2, 0.55 * rows + 1.1))
+    for (i, t), text in cells.items():
+        end = text == "</s>"
+        ax.add_patch(plt.Rectangle((t, i), 1, 1, facecolor="#eeeeee" if end else f"C{i % 10}", alpha=0.35,
+                                   edgecolor="white"))
+        ax.text(t + 0.5, i + 0.5, text.replace("-", "-\n", 1), ha="center", va="center", fontsize=7)
+    ax.set_xlim(0, steps)
+    ax.set_ylim(rows, 0)
+    ax.set_xticks([t + 0.5 for t in range(steps)], [str(t + 1) for t in range(steps)], fontsize=7)
+    ax.set_yticks([i + 0.5 for i in range(rows)], [f"$Y_{{{i + 1}}}$" for i in range(rows)], fontsize=8)
+    ax.set_xlabel("time-step")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def mask_matrix(labels: list[str], allowed, distance, title: str = "") -> plt.Figure:
+    """The paper's Figure 3: which token (row) may attend to which (column) under Eq. (4), with the
+    Manhattan distance that sets their relative position written in each allowed cell (chapter 4)."""
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(0.45 * n + 1.8, 0.45 * n + 1.4))
+    ax.imshow([[1.0 if allowed[q][k] else 0.0 for k in range(n)] for q in range(n)], cmap="Blues", vmin=0, vmax=1.6)
+    for q in range(n):
+        for k in range(n):
+            if allowed[q][k]:
+                ax.text(k, q, str(int(distance[q][k])), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def speedup_curve(measured: dict[int, float], predicted: dict[int, float], xlabel: str, title: str = "",
+                  paper: dict[int, float] | None = None) -> plt.Figure:
+    """Measured speed-up against a count (chapter 4: the number of subsequences, the paper's Figure 4),
+    beside the bound its time-steps predict, and the paper's points if given."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    xs = sorted(measured)
+    ax.plot(xs, [measured[x] for x in xs], "o-", label="measured (this book)")
+    px = sorted(predicted)
+    ax.plot(px, [predicted[x] for x in px], "--", color="C0", alpha=0.7, label="time-step ratio (upper bound)")
+    if paper:
+        ax.plot(sorted(paper), [paper[x] for x in sorted(paper)], "s:", color="C3", label="paper")
+    ax.axhline(1.0, color="grey", lw=1)
+    ax.set(xlabel=xlabel, ylabel="speed-up over sequential", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

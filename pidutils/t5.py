@@ -5,7 +5,7 @@ Each method differs from plain decoding in one place only, and that place is an 
 - PID (chapter 3) shares the cross-attention keys and values of one document among U prompts by
   folding the U prompts' queries into the query axis (:func:`fold`, :func:`cross_attention`);
 - pipelined decoding (chapter 4) gives self-attention its own mask and relative positions, so the
-  caller passes the self-attention bias (:func:`relative_position_bias`, :func:`additive_mask`);
+  caller passes the self-attention bias (:func:`relative_position_bias`, :func:`masked`);
 - speculative decoding (chapter 5) rolls the self-attention cache back after a rejection, so the
   cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast.
 
@@ -15,11 +15,13 @@ weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from .checks import check_int
 
@@ -45,6 +47,11 @@ def merge(x: torch.Tensor) -> torch.Tensor:
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean "may attend" mask as an additive bias: 0 where allowed, the dtype's minimum elsewhere."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def masked(bias: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``bias`` where ``allowed`` (broadcast), the dtype's minimum elsewhere: a position bias and its mask in one."""
+    return bias.masked_fill(~allowed, torch.finfo(bias.dtype).min)
 
 
 # --- The encoder, once, and the cross-attention memory --------------------------------------------
@@ -122,13 +129,23 @@ def relative_position_bias(model: T5ForConditionalGeneration, relative_position:
     ``relative_position`` has shape ``(..., q, k)``; the result ``(..., h, q, k)``. The decoder's
     buckets are unidirectional: every key ahead of its query (a positive position) falls in bucket
     0, so causality must come from the mask, and a distance D into the past is passed as -D. Only
-    the first block holds the bias table; every block reuses it.
+    the first block holds the bias table; every block reuses it. The buckets are looked up in a
+    table made once (:func:`distance_buckets`) instead of recomputed at every decoding step.
     """
     attn = model.get_decoder().block[0].layer[0].SelfAttention
-    buckets = attn._relative_position_bucket(relative_position, bidirectional=False,
-                                             num_buckets=attn.relative_attention_num_buckets,
-                                             max_distance=attn.relative_attention_max_distance)
-    return attn.relative_attention_bias(buckets).movedim(-1, -3).to(model.dtype)
+    table = distance_buckets(attn.relative_attention_num_buckets, attn.relative_attention_max_distance,
+                             str(relative_position.device))
+    distance = (-relative_position).clamp(0, len(table) - 1)
+    return attn.relative_attention_bias(table[distance]).movedim(-1, -3).to(model.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def distance_buckets(num_buckets: int, max_distance: int, device: str, size: int = 4096) -> torch.Tensor:
+    """T5's unidirectional bucket of every distance 0..size-1 into the past (all distances from
+    ``max_distance`` on share the last bucket, so the table covers any longer one)."""
+    distance = torch.arange(size, device=device)
+    return T5Attention._relative_position_bucket(-distance, bidirectional=False, num_buckets=num_buckets,
+                                                 max_distance=max_distance)
 
 
 def causal_bias(model: T5ForConditionalGeneration, past: int, new: int, valid: torch.Tensor) -> torch.Tensor:
@@ -139,8 +156,7 @@ def causal_bias(model: T5ForConditionalGeneration, past: int, new: int, valid: t
     position = torch.arange(past + new, device=valid.device)
     relative = position[None, :] - position[past:, None]
     causal = relative <= 0
-    allowed = causal[None, None] & valid[:, None, None, :]
-    return relative_position_bias(model, relative)[None] + additive_mask(allowed, model.dtype)
+    return masked(relative_position_bias(model, relative)[None], causal[None, None] & valid[:, None, None, :])
 
 
 @dataclass
@@ -163,8 +179,10 @@ class KVCache:
         check_int("capacity", capacity, 1)
         cfg = model.config
         shape = (rows, cfg.num_heads, capacity, cfg.d_kv)
-        new = lambda: torch.zeros(shape, dtype=model.dtype, device=model.device)  # noqa: E731
-        return cls([new() for _ in range(cfg.num_decoder_layers)], [new() for _ in range(cfg.num_decoder_layers)])
+        # Uninitialised: a position is only ever read after a pass has written it.
+        layers = [[torch.empty(shape, dtype=model.dtype, device=model.device) for _ in range(cfg.num_decoder_layers)]
+                  for _ in ("keys", "values")]
+        return cls(*layers)
 
     @property
     def capacity(self) -> int:

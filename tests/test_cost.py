@@ -128,3 +128,28 @@ def test_forward_work_by_hand():
 def test_bad_input_is_a_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_pipelined_steps_by_hand():
+    # Figure 2, "A B C <sep> D E": ends at steps 1+3=4 and 2+2=4 (Δt=1), the empty one at 3: 4 steps
+    assert cost.pipelined_steps([3, 2], delta_t=1) == 4
+    # Δt=2: 0+3+1=4, 2+2+1=5, empty at 2*2+1=5; Δt=3: 4, 6, empty at 7
+    assert cost.pipelined_steps([3, 2], delta_t=2) == 5
+    assert cost.pipelined_steps([3, 2], delta_t=3) == 7
+    # one sequence: 3 + 2 tokens, one separator, </s>
+    assert cost.sequential_steps([3, 2]) == 7
+    # 7 subsequences of 5 tokens: 7*5 + 6 + 1 = 42 sequential steps against 6 + 5 + 1 = 12
+    assert cost.sequential_steps([5] * 7) == 42 and cost.pipelined_steps([5] * 7, 1) == 12
+
+
+def test_pipelined_steps_match_the_scheduled_decoder():
+    import random
+
+    from pidutils import pipelined as pl
+    rng = random.Random(0)
+    for _ in range(20):
+        script = [[10 + rng.randrange(5) for _ in range(rng.randrange(0, 6) or 1)] for _ in range(rng.randrange(1, 8))]
+        for delta_t in (1, 2, 3, 4):
+            step = pl.scripted_step([script], delta_t, eos=1, vocab_size=20)
+            schedule = pl.algorithm1(step, 1, delta_t, time_max=200, sub_max=50, bos=0, eos=1, pad=0)[0]
+            assert schedule.steps == cost.pipelined_steps([len(s) for s in script], delta_t)

@@ -62,7 +62,8 @@ def test_views(small):
     assert pid[0]["prompts"] == data.SLOTS and len(pid[0]["targets"]) == 30
     full = data.full_state_view(small["test"])
     row = small["test"][0]
-    assert full[0]["subsequences"] == [f"{s} = {v}" for s, v in zip(row["slots"], row["values"]) if v != "none"]
+    assert full[0]["subsequences"] == [f"{s} : {v}" for s, v in zip(row["slots"], row["values"]) if v != "none"]
+    assert data.parse_state(full[0]["subsequences"]) == row["values"]
 
 
 def test_bad_sizes():
@@ -70,3 +71,12 @@ def test_bad_sizes():
         data.make_dataset(train=0)
     with pytest.raises(ValueError, match="seed must be in"):
         data.make_dataset(seed=-1)
+
+
+def test_parse_state_reads_subsequences_into_all_slots():
+    values = data.parse_state(["hotel-area : centre", "taxi-leaveat : 17:00", "nonsense", "hotel-area : north",
+                               "train-day :", "spa-area : east"])
+    assert values[data.SLOTS.index("hotel-area")] == "centre"      # the first of two
+    assert values[data.SLOTS.index("taxi-leaveat")] == "17:00"     # ':' inside a value
+    assert values[data.SLOTS.index("train-day")] == "none"         # no value
+    assert values.count("none") == len(data.SLOTS) - 2             # unknown slot and text ignored

@@ -33,10 +33,31 @@ def test_shipped_pid_model_matches_the_copy_reference():
     torch.testing.assert_close(logits, ref_logits[:, :ids.shape[1]], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["pie-t5-tiny", "pid-t5-tiny"])
+@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
 def test_shipped_models_meet_the_jga_target_on_the_test_split(name):
     """The reports' figures; chapter 3 re-evaluates PID on the whole test split and asserts the same."""
     assert zoo.train_report(name)["test"]["jga"] >= 0.90
+
+
+def test_the_pipelined_model_is_within_two_points_of_the_sequential_one():
+    assert zoo.train_report("pipe-t5-tiny")["test"]["jga"] >= zoo.train_report("seq-t5-tiny")["test"]["jga"] - 0.02
+
+
+def test_shipped_pipelined_model_cached_equals_uncached():
+    from pidutils import pipelined as pl
+    model, tokenizer = zoo.load("pipe-t5-tiny")
+    documents = list(zoo.test_split("pipe-t5-tiny")["dialogue"][:3])
+    memory = pl.document_memory(model, tokenizer, documents)
+    runs = {}
+    for name, step in (("cached", pl.cached_step(model, memory, 3, 1000)), ("uncached", pl.uncached_step(model, memory))):
+        logits = []
+        with torch.inference_mode():
+            runs[name] = pl.algorithm1(pl.recording(step, logits), 3, 1, 50, 20, 0, 1, tokenizer.pad_token_id), logits
+    (cached, cached_logits), (uncached, uncached_logits) = runs["cached"], runs["uncached"]
+    assert [s.subsequences for s in cached] == [s.subsequences for s in uncached]
+    assert all(len(s.subsequences) >= 2 for s in cached)
+    for a, b in zip(cached_logits, uncached_logits):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 def test_a_fine_tune_starts_from_its_init_which_must_share_its_shape_and_data():

@@ -7,11 +7,14 @@ uses them; the benchmark command line, ``python -m pidutils.bench <experiment>``
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +98,7 @@ def describe(device: torch.device | str, dtype: torch.dtype, **shapes: object) -
     else:
         name = f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
     dims = ", ".join(f"{k}={v}" for k, v in shapes.items())
-    return f"{name} | {str(dtype).removeprefix('torch.')} | torch {torch.__version__} | {dims}"
+    return " | ".join(filter(None, [name, str(dtype).removeprefix("torch."), f"torch {torch.__version__}", dims]))
 
 
 def measure_device(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -115,6 +118,20 @@ def measure_device(device: torch.device | str = "cpu", dtype: torch.dtype = torc
                   dtype=str(dtype).removeprefix("torch."))
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Send what C++ code writes to the process's stderr (file descriptor 2) to /dev/null in the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before it.
 
@@ -130,8 +147,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_silenced():  # the profiler's C++ side prints "profiler_start" and "_stop" lines there
+        prof.start()
+    try:
         fn()
+    finally:
+        with _stderr_silenced():
+            prof.stop()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     changes = (e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage for e in events)
     return max(itertools.accumulate(changes, initial=0))

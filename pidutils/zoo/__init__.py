@@ -57,6 +57,12 @@ RECIPES: dict[str, Recipe] = {
                           init="pid-t5-tiny"),
     "pid-t5-tiny": Recipe(method="pid", steps=7000, validate_every=500, curriculum=1200, lr=1e-2,
                           optimizer="adafactor", train_dialogues=20000),
+    # Chapter 4: the full state as one sequence, and as pipelined subsequences; same shape and
+    # tokenizer, both fine-tuned from pid-t5-tiny, which already copies values from the dialogue.
+    "seq-t5-tiny": Recipe(method="seq", steps=4000, validate_every=500, lr=3e-3, optimizer="adafactor",
+                          train_dialogues=20000, init="pid-t5-tiny"),
+    "pipe-t5-tiny": Recipe(method="pipe", steps=4000, validate_every=500, lr=3e-3, optimizer="adafactor",
+                           train_dialogues=20000, init="pid-t5-tiny"),
 }
 
 

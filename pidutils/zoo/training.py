@@ -19,6 +19,8 @@ from ..metrics import evaluate
 from ..models import count_parameters, pick_device
 from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
+from ..pipelined import (pipelined_batches, pipelined_generate, pipelined_loss, sequential_batches,
+                         sequential_generate, state_predictor)
 from ..tokenizer import train_tokenizer
 from ..train import train
 from . import RECIPES, Recipe, load, new_model
@@ -29,10 +31,13 @@ SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_lay
 
 
 def decoder_tokens(batch: dict) -> int:
-    """Decoder tokens one training step processes (PIE: answer and ``</s>``; PID: prompt row tokens too).
+    """Decoder tokens one training step processes (PIE: answer and ``</s>``; PID: prompt row tokens too;
+    pipelined: every real token of the layout).
 
     PID rows are right-padded with the pad id, which is also the start token at position 0 of each row.
     """
+    if "valid" in batch:
+        return int(batch["valid"].sum())
     if "decoder_input_ids" not in batch:
         return int((batch["labels"] != -100).sum())
     ids = batch["decoder_input_ids"]
@@ -77,18 +82,12 @@ def train_checkpoint(name: str, steps: int | None = None, device: str | None = N
     model = model.to(device)
     enc_params = count_parameters(model.get_encoder().block)
     dec_params = count_parameters(model.get_decoder().block) + model.lm_head.weight.numel()
-    generate = pid_generate if recipe.method == "pid" else pie_generate
-
-    def predict(documents, prompts):
-        return generate(model, tokenizer, documents, prompts)
+    predict = predictor(recipe.method, model, tokenizer)
 
     def batch_flops(batch: dict) -> float:
         return training_flops(enc_params, dec_params, int(batch["attention_mask"].sum()), decoder_tokens(batch))
 
-    if recipe.method == "pid":
-        batches, loss_fn = pid_batches(data["train"], tokenizer, model, recipe.batch_size, recipe.curriculum), pid_loss
-    else:
-        batches, loss_fn = pie_batches(data["train"], tokenizer, recipe.batch_size, recipe.curriculum), None
+    batches, loss_fn = training_batches(recipe, data["train"], tokenizer, model)
     validation = data["validation"].select(range(50))
     run = train(model, batches, batch_flops, steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
                 validate=lambda m: evaluate(predict, validation), validate_every=recipe.validate_every,
@@ -98,3 +97,30 @@ def train_checkpoint(name: str, steps: int | None = None, device: str | None = N
               "test": evaluate(predict, data["test"]),
               "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}"}
     return model.cpu(), tokenizer, result
+
+
+def predictor(method: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast):
+    """``predict(documents, prompts) -> values`` with the method's own decoder, for :func:`evaluate`.
+
+    The full-state decoders (``seq``, ``pipe``; chapter 4) generate the whole state and read the
+    prompted slots from it; the pipelined one decodes at Δt = 1.
+    """
+    check_choice("method", method, METHODS)
+    if method in ("pie", "pid"):
+        generate = pid_generate if method == "pid" else pie_generate
+        return lambda documents, prompts: generate(model, tokenizer, documents, prompts)
+    return state_predictor(pipelined_generate if method == "pipe" else sequential_generate, model, tokenizer)
+
+
+def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration):
+    """``(next_batch, loss_fn)`` for the recipe's method; ``loss_fn`` None means the model's own loss."""
+    if recipe.method == "pid":
+        return pid_batches(split, tokenizer, model, recipe.batch_size, recipe.curriculum), pid_loss
+    if recipe.method == "pipe":
+        return pipelined_batches(split, tokenizer, model, recipe.batch_size, curriculum=recipe.curriculum), pipelined_loss
+    if recipe.method == "seq":
+        return sequential_batches(split, tokenizer, recipe.batch_size, recipe.curriculum), None
+    return pie_batches(split, tokenizer, recipe.batch_size, recipe.curriculum), None
+
+
+METHODS = ("pie", "pid", "seq", "pipe")

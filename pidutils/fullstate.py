@@ -1,0 +1,129 @@
+"""Sequential and pipelined decoding of the full dialogue state, measured side by side (chapter 4).
+
+One place loads the two shipped full-state models and a set of test dialogues
+(:func:`load_full_state`), builds each way of answering them as a no-argument function to time
+(:func:`runs`), counts their time-steps, scores them (JGA), and predicts a pipelined latency from
+the schedule (:func:`predicted_latency`). Chapter 4 and ``python -m pidutils.bench pipelined``
+use it, so the book and the command agree.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+from .bench import time_fn
+from .checks import check_int
+from .cost import pipelined_steps
+from .data import full_state_view, parse_state
+from .metrics import joint_goal_accuracy
+from .pipelined import (document_memory, pipelined_decode, pipelined_generate, pipelined_generate_ids,
+                        sequential_decode, sequential_generate, sequential_generate_ids, state_targets)
+
+MAX_NEW_TOKENS = 120  # the sequential decoder's limit: the longest test state is about 80 tokens
+
+
+@dataclass
+class FullState:
+    """The sequential and the pipelined model (one tokenizer), and ``n`` test dialogues with their gold states."""
+
+    seq: T5ForConditionalGeneration
+    pipe: T5ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    documents: list[str]
+    subsequences: list[list[str]]
+    gold: list[list[str]]
+
+    @property
+    def pad(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def load_full_state(device: torch.device | str = "cpu", dialogues: int = 50) -> FullState:
+    """``seq-t5-tiny`` and ``pipe-t5-tiny`` on ``device``, and the first ``dialogues`` test dialogues."""
+    from . import zoo
+    check_int("dialogues", dialogues, 1, 200)
+    seq, tokenizer = zoo.load("seq-t5-tiny", device)
+    pipe, _ = zoo.load("pipe-t5-tiny", device)
+    split = zoo.test_split("pipe-t5-tiny").select(range(dialogues))
+    view = full_state_view(split)
+    return FullState(seq, pipe, tokenizer, list(view["document"]), list(view["subsequences"]), list(split["values"]))
+
+
+def batches(items: list, b: int) -> list[list]:
+    """``items`` in consecutive batches of ``b`` (the last may be shorter)."""
+    check_int("b", b, 1)
+    return [items[i:i + b] for i in range(0, len(items), b)]
+
+
+def runs(fs: FullState, b: int = 1, delta_t: int = 1, decoding_only: bool = False) -> dict[str, Callable[[], object]]:
+    """No-argument functions that answer every dialogue, ``b`` at a time, each way.
+
+    End to end (encoder included): ``sequential`` and ``pipelined`` on the book's decoder pass, and
+    Hugging Face ``generate`` on the sequential model, an outside baseline. With
+    ``decoding_only=True``: the two decoders after the encoder, whose output is computed beforehand.
+    """
+    groups = batches(fs.documents, b)
+    if decoding_only:
+        seq_memory = [document_memory(fs.seq, fs.tokenizer, g) for g in groups]
+        pipe_memory = [document_memory(fs.pipe, fs.tokenizer, g) for g in groups]
+        return {"sequential": lambda: [sequential_decode(fs.seq, m, fs.pad, MAX_NEW_TOKENS) for m in seq_memory],
+                "pipelined": lambda: [pipelined_decode(fs.pipe, m, fs.pad, delta_t) for m in pipe_memory]}
+    encoded = [fs.tokenizer(g, padding=True, return_tensors="pt").to(fs.seq.device) for g in groups]
+
+    def hugging_face() -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [fs.seq.generate(**e, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1) for e in encoded]
+
+    return {"sequential": lambda: [sequential_generate_ids(fs.seq, fs.tokenizer, g, MAX_NEW_TOKENS) for g in groups],
+            "pipelined": lambda: [pipelined_generate_ids(fs.pipe, fs.tokenizer, g, delta_t) for g in groups],
+            "HF generate": hugging_face}
+
+
+def sequential_steps(fs: FullState) -> list[int]:
+    """Time-steps the sequential decoder takes per dialogue: its tokens up to and with </s>."""
+    eos = fs.seq.config.eos_token_id
+    steps = []
+    for ids in sequential_generate_ids(fs.seq, fs.tokenizer, fs.documents, MAX_NEW_TOKENS):
+        ended = (ids == eos).nonzero()
+        steps.append(int(ended[0]) + 1 if len(ended) else len(ids))
+    return steps
+
+
+def pipelined_steps_taken(fs: FullState, delta_t: int = 1) -> list[int]:
+    """Time-steps the pipelined decoder takes per dialogue (Algorithm 1's schedule)."""
+    return [s.steps for s in pipelined_generate_ids(fs.pipe, fs.tokenizer, fs.documents, delta_t)]
+
+
+def jga(fs: FullState, method: str, delta_t: int = 1) -> float:
+    """Joint goal accuracy of one decoder on the dialogues: the whole 30-slot state right."""
+    if method == "sequential":
+        states = sequential_generate(fs.seq, fs.tokenizer, fs.documents, MAX_NEW_TOKENS)
+    else:
+        states = pipelined_generate(fs.pipe, fs.tokenizer, fs.documents, delta_t)
+    return joint_goal_accuracy([parse_state(s) for s in states], fs.gold)
+
+
+def gold_lengths(fs: FullState, index: int) -> list[int]:
+    """Token counts of one dialogue's gold subsequences."""
+    return [len(t) for t in state_targets(fs.tokenizer, fs.subsequences[index])]
+
+
+def predicted_latency(fs: FullState, index: int, delta_t: int, encoder_s: float, step_s: float) -> float:
+    """Latency the schedule predicts for one dialogue: the encoder, then one step per time-step of
+    :func:`pidutils.cost.pipelined_steps` for its gold subsequences, at the sequential step's cost."""
+    return encoder_s + pipelined_steps(gold_lengths(fs, index), delta_t) * step_s
+
+
+def step_costs(fs: FullState, index: int = 0, repeats: int = 5) -> tuple[float, float]:
+    """Seconds of the encoder (with the K/V projection) and of one sequential decode step, on one dialogue."""
+    device = fs.seq.device
+    document = [fs.documents[index]]
+    encoder = time_fn(lambda: document_memory(fs.seq, fs.tokenizer, document), device, warmup=1, repeats=repeats)
+    memory = document_memory(fs.seq, fs.tokenizer, document)
+    steps = sequential_steps(FullState(fs.seq, fs.pipe, fs.tokenizer, document, [], []))[0]
+    decode = time_fn(lambda: sequential_decode(fs.seq, memory, fs.pad, MAX_NEW_TOKENS), device, warmup=1,
+                     repeats=repeats)
+    return encoder.median, decode.median / steps

@@ -1,0 +1,418 @@
+"""Pipelined decoding (Huang et al. 2025): a new subsequence every Δt steps, all growing in parallel (chapter 4).
+
+The target is n subsequences Y_1..Y_n (here, one "slot : value" per slot that is set). Each becomes
+[<bos>, Y_i, </s>], and the empty subsequence [<bos>, </s>] is appended to teach the model to stop
+starting new ones. Counting subsequences i and positions j from 0 (j = 0 is the <bos>), the token
+at (i, j) sits at time τ = i·Δt + j and predicts the token after it, at step τ + 1: the paper's
+"token j of subsequence i is produced at step (i−1)·Δt + j" in its 1-based count.
+
+- **Mask, Eq. (4):** the token at (i, τ) sees the token at (i', τ') if and only if i' <= i and
+  τ' <= τ: its own subsequence and earlier ones, up to the current time, nothing of later ones.
+- **Positions:** the Manhattan distance |τ − τ'| + |i − i'|, put through T5's learned relative
+  position bias as a distance into the past. The weights are those of an ordinary T5 decoder.
+
+One decoder pass (:func:`pidutils.t5.decoder_forward`) serves the teacher-forced training batch,
+the cached decoder and the uncached reference; only the tokens and their coordinates differ, so
+decoding forced along a target gives the teacher-forced logits. :func:`algorithm1` is the
+schedule of the paper's Algorithm 1, written once for any step function: the model with a KV
+cache (:func:`cached_step`), the model rerun on everything so far (:func:`uncached_step`), or a
+scripted model in the tests.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+from .checks import check_documents, check_int
+from .data import full_state_view, parse_state
+from .pie import length_buckets, seq2seq_batch, tokenize_checked
+from .t5 import (CrossMemory, KVCache, check_t5, cross_memory, decoder_forward, encode, greedy, masked,
+                 relative_position_bias)
+from .tokenizer import check_vocab
+
+DELTA_TS = (1, 2, 3, 4)  # the Δt a shipped pipelined model is trained and measured at
+SEQUENTIAL_SEPARATOR = " , "  # between subsequences when the whole state is one sequence
+
+
+# --- The layout: coordinates, mask and positions ---------------------------------------------------
+
+def coordinates(lengths: Sequence[int], delta_t: int) -> list[tuple[int, int]]:
+    """(subsequence, time) of the input tokens of subsequences of ``lengths`` input tokens each.
+
+    A subsequence's input tokens are its <bos> and its content (its </s> is only ever predicted).
+    Token j of subsequence i sits at time i·Δt + j. The order is the one decoding makes them in:
+    by time, then by subsequence.
+    """
+    check_int("delta_t", delta_t, 1)
+    return sorted(((i, i * delta_t + j) for i, n in enumerate(lengths) for j in range(n)),
+                  key=lambda c: (c[1], c[0]))
+
+
+def attention_mask(sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor, time_k: torch.Tensor,
+                   valid_k: torch.Tensor) -> torch.Tensor:
+    """Eq. (4): query (i, τ) may attend to key (i', τ') iff i' <= i and τ' <= τ (and the key is real).
+
+    Queries ``(rows, q)``, keys ``(rows, k)``; returns ``(rows, q, k)``.
+    """
+    return (sub_k[:, None, :] <= sub_q[:, :, None]) & (time_k[:, None, :] <= time_q[:, :, None]) & valid_k[:, None, :]
+
+
+def manhattan(sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor, time_k: torch.Tensor) -> torch.Tensor:
+    """|τ − τ'| + |i − i'| between every query and key: ``(rows, q, k)``."""
+    return (time_q[:, :, None] - time_k[:, None, :]).abs() + (sub_q[:, :, None] - sub_k[:, None, :]).abs()
+
+
+def self_bias(model: T5ForConditionalGeneration, sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor,
+              time_k: torch.Tensor, valid_k: torch.Tensor) -> torch.Tensor:
+    """The pipelined decoder's self-attention bias ``(rows, h, q, k)``: T5's learned bias at minus the
+    Manhattan distance (a distance into the past), under the mask of Eq. (4)."""
+    position = relative_position_bias(model, -manhattan(sub_q, time_q, sub_k, time_k))
+    return masked(position, attention_mask(sub_q, time_q, sub_k, time_k, valid_k)[:, None])
+
+
+# --- Training: the teacher-forced layout and its loss ---------------------------------------------
+
+@dataclass
+class Layout:
+    """Decoder input tokens with their coordinates, one row per document: each tensor ``(rows, n)``."""
+
+    ids: torch.Tensor
+    sub: torch.Tensor
+    time: torch.Tensor
+    valid: torch.Tensor
+
+
+def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequence[int], bos: int, eos: int,
+                    pad: int) -> tuple[Layout, torch.Tensor]:
+    """The teacher-forced layout of each document's subsequences (token ids without <bos>/</s>).
+
+    Each subsequence becomes [<bos>, Y_i, </s>] and the empty [<bos>, </s>] is appended; the input
+    tokens are laid out by :func:`coordinates` at the document's Δt, and each one's label is the
+    next token of its own subsequence. Rows are right-padded (``valid`` False, label -100).
+    Returns the layout and the labels ``(rows, n)``.
+    """
+    rows = []
+    for subsequences, delta_t in zip(targets, delta_ts, strict=True):
+        full = [[bos, *y, eos] for y in subsequences] + [[bos, eos]]
+        coords = coordinates([len(y) - 1 for y in full], delta_t)
+        rows.append([(full[i][t - i * delta_t], i, t, full[i][t - i * delta_t + 1]) for i, t in coords])
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    sub, time = torch.zeros_like(ids), torch.zeros_like(ids)
+    valid = torch.zeros_like(ids, dtype=torch.bool)
+    labels = torch.full_like(ids, -100)
+    for k, row in enumerate(rows):
+        ids[k, :len(row)], sub[k, :len(row)], time[k, :len(row)], labels[k, :len(row)] = \
+            (torch.tensor(column) for column in zip(*row))
+        valid[k, :len(row)] = True
+    return Layout(ids, sub, time, valid), labels
+
+
+def state_targets(tokenizer: PreTrainedTokenizerFast, subsequences: Sequence[str]) -> list[list[int]]:
+    """The token ids of each "slot : value" subsequence, without special tokens."""
+    return [tokenizer(s, add_special_tokens=False)["input_ids"] for s in subsequences]
+
+
+def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration,
+                      batch_size: int = 8, delta_ts: Sequence[int] = DELTA_TS, curriculum: int = 0):
+    """Training batches for the pipelined decoder: dialogues of similar length, a Δt drawn per dialogue.
+
+    Drawing Δt from ``delta_ts`` for each dialogue trains one model for all of them (chapter 4
+    measures what that does). Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train`
+    with :func:`pipelined_loss`.
+    """
+    check_int("batch_size", batch_size, 1)
+    for delta_t in delta_ts:
+        check_int("delta_t", delta_t, 1)
+    view = full_state_view(split)
+    documents, targets = view["document"], [state_targets(tokenizer, s) for s in view["subsequences"]]
+    draw = length_buckets([len(d.split()) for d in documents], batch_size, curriculum)
+    bos, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
+
+    def next_batch(rng: random.Random) -> dict:
+        picked = draw(rng)
+        layout, labels = training_layout([targets[i] for i in picked], [rng.choice(delta_ts) for _ in picked],
+                                         bos, eos, pad)
+        enc = tokenizer([documents[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "decoder_input_ids": layout.ids, "sub": layout.sub, "time": layout.time, "valid": layout.valid,
+                "labels": labels}
+
+    return next_batch
+
+
+def teacher_forced_logits(model: T5ForConditionalGeneration, memory: CrossMemory, layout: Layout) -> torch.Tensor:
+    """One decoder pass over a whole layout, every token under the mask and positions of Eq. (4)."""
+    bias = self_bias(model, layout.sub, layout.time, layout.sub, layout.time, layout.valid)
+    return decoder_forward(model, layout.ids, memory, bias)
+
+
+def pipelined_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
+    """Eq. (6), averaged over tokens: cross-entropy of every subsequence's next token, teacher-forced."""
+    memory = cross_memory(model, encode(model, batch["input_ids"], batch["attention_mask"]), batch["attention_mask"])
+    layout = Layout(batch["decoder_input_ids"], batch["sub"], batch["time"], batch["valid"])
+    logits = teacher_forced_logits(model, memory, layout)
+    return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+
+
+# --- Algorithm 1: the schedule ----------------------------------------------------------------------
+
+# A decoding step: the step's input tokens and their coordinates, each (b, K) -> logits (b, K, vocab).
+StepFn = Callable[[Layout], torch.Tensor]
+
+
+@dataclass
+class Schedule:
+    """What Algorithm 1 did for one document.
+
+    ``subsequences``: each one's tokens, without <bos> and </s>; ``made``: for each time-step until
+    the document finished, the subsequences that got a token (</s> included; empty on an idle step).
+    """
+
+    subsequences: list[list[int]] = field(default_factory=list)
+    made: list[list[int]] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    closed: bool = False  # no new subsequence will start: one came out empty, or sub_max have started
+
+    @property
+    def steps(self) -> int:
+        """Time-steps from the first to the last token."""
+        return len(self.made)
+
+    @property
+    def finished(self) -> bool:
+        """Closed, and every subsequence has ended."""
+        return self.closed and all(self.ended)
+
+
+def check_schedule(delta_t: int, time_max: int, sub_max: int) -> None:
+    """Δt, time_max and sub_max must each be at least 1."""
+    check_int("delta_t", delta_t, 1)
+    check_int("time_max", time_max, 1)
+    check_int("sub_max", sub_max, 1)
+
+
+def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, bos: int, eos: int, pad: int,
+               device: torch.device | str = "cpu") -> list[Schedule]:
+    """The paper's Algorithm 1 for ``b`` documents sharing one schedule, greedy.
+
+    For t = 1..time_max: if (t − 1) mod Δt = 0, each document starts a new subsequence with <bos>,
+    until it has started ``sub_max`` or one of its subsequences has come out empty. Then every
+    subsequence not yet ended gets one token. A document is done once it starts no more and all its
+    subsequences have ended; the loop stops when every document is done, or at time_max.
+
+    Two readings of ours, where the paper is brief: the empty subsequence, which training appends to
+    every target, is the model's signal that no more follow, so it closes the document; and a
+    document whose subsequences have all ended before the next one may start waits for it (the
+    step is idle, and costs no model call) instead of stopping, which would drop the rest of its
+    output whenever Δt exceeds a subsequence's length. Rows of a step are padded to the step's
+    largest number of tokens (``valid`` False).
+    """
+    check_schedule(delta_t, time_max, sub_max)
+    docs = [Schedule() for _ in range(b)]
+    for t in range(1, time_max + 1):
+        for doc in docs:
+            if not doc.closed and (t - 1) % delta_t == 0:
+                doc.subsequences.append([])
+                doc.ended.append(False)
+                doc.closed = len(doc.subsequences) == sub_max
+        if all(doc.finished for doc in docs):
+            break
+        active = [[i for i, ended in enumerate(doc.ended) if not ended] for doc in docs]
+        tokens = step(step_inputs(docs, active, t - 1, bos, pad, device)).argmax(-1).tolist() if any(active) else []
+        for doc, subs, row in zip(docs, active, tokens or [[]] * b):
+            if doc.finished:
+                continue
+            doc.made.append(subs)
+            for i, token in zip(subs, row):
+                if token != eos:
+                    doc.subsequences[i].append(token)
+                    continue
+                doc.ended[i] = True
+                doc.closed |= not doc.subsequences[i]
+    return docs
+
+
+def step_inputs(docs: list[Schedule], active: list[list[int]], time: int, bos: int, pad: int,
+                device: torch.device | str) -> Layout:
+    """One step's input tokens: each active subsequence's last token (<bos> if it has none), at ``time``."""
+    width = max(len(a) for a in active)
+    rows = []
+    for doc, subs in zip(docs, active):
+        padding = width - len(subs)
+        rows.append([[doc.subsequences[i][-1] if doc.subsequences[i] else bos for i in subs] + [pad] * padding,
+                     list(subs) + [0] * padding, [1] * len(subs) + [0] * padding])
+    ids, sub, valid = torch.tensor(rows, device=device).unbind(1)
+    return Layout(ids, sub, torch.full_like(ids, time), valid.bool())
+
+
+# --- The decoding steps: with a KV cache, and the uncached reference -------------------------------
+
+def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, rows: int, capacity: int) -> StepFn:
+    """A step that appends the new tokens' keys and values to a KV cache and recomputes nothing.
+
+    The coordinates of every cached token are kept beside the cache, to build each step's mask and
+    positions against them.
+    """
+    cache = KVCache.empty(model, rows, capacity)
+    keys = Layout(*(torch.zeros((rows, capacity), dtype=dtype, device=model.device)
+                    for dtype in (torch.long, torch.long, torch.long, torch.bool)))
+
+    def step(new: Layout) -> torch.Tensor:
+        start, end = cache.length, cache.length + new.ids.shape[1]
+        for name in ("sub", "time", "valid"):
+            getattr(keys, name)[:, start:end] = getattr(new, name)
+        bias = self_bias(model, new.sub, new.time, keys.sub[:, :end], keys.time[:, :end], keys.valid[:, :end])
+        return decoder_forward(model, new.ids, memory, bias, cache)
+
+    return step
+
+
+def uncached_step(model: T5ForConditionalGeneration, memory: CrossMemory) -> StepFn:
+    """The reference: every step reruns the decoder on all tokens so far, with the full mask, and
+    returns the logits of the step's new tokens."""
+    seen: list[Layout] = []
+
+    def step(new: Layout) -> torch.Tensor:
+        seen.append(new)
+        everything = Layout(*(torch.cat([getattr(s, name) for s in seen], dim=1)
+                              for name in ("ids", "sub", "time", "valid")))
+        return teacher_forced_logits(model, memory, everything)[:, -new.ids.shape[1]:]
+
+    return step
+
+
+def scripted_step(script: Sequence[Sequence[Sequence[int]]], delta_t: int, eos: int, vocab_size: int) -> StepFn:
+    """A stand-in model that follows a script: document d's subsequence i emits ``script[d][i]``,
+    then </s> (at once for a subsequence past the script's end). It drives Algorithm 1 through the
+    paper's Figure 2, and forces decoding along a target."""
+    def step(new: Layout) -> torch.Tensor:
+        logits = torch.zeros((*new.ids.shape, vocab_size), device=new.ids.device)
+        for (d, k) in new.valid.nonzero().tolist():
+            i, j = int(new.sub[d, k]), int(new.time[d, k]) - int(new.sub[d, k]) * delta_t
+            tokens = list(script[d][i]) if i < len(script[d]) else []
+            logits[d, k, tokens[j] if j < len(tokens) else eos] = 1.0
+        return logits
+    return step
+
+
+def recording(step: StepFn, logits: list[torch.Tensor]) -> StepFn:
+    """``step``, keeping each step's logits in ``logits`` (for the equivalence checks)."""
+    def record(new: Layout) -> torch.Tensor:
+        out = step(new)
+        logits.append(out)
+        return out
+    return record
+
+
+def check_inputs(model, tokenizer, documents) -> None:
+    """Every ``ValueError`` the full-state decoders raise, before any work."""
+    check_t5(model)
+    check_documents(documents)
+    check_vocab(tokenizer, model)
+
+
+def document_memory(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                    documents: Sequence[str], truncation: bool = False) -> CrossMemory:
+    """Encode the documents once and project them to every layer's cross-attention K/V."""
+    enc = tokenize_checked(tokenizer, list(documents), "each document", truncation, model.device)
+    return cross_memory(model, encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+
+
+@torch.inference_mode()
+def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad: int, delta_t: int = 1,
+                     time_max: int = 50, sub_max: int = 20, cached: bool = True) -> list[Schedule]:
+    """The decoding phase alone: Algorithm 1 against documents already encoded into ``memory``.
+
+    ``cached=False`` runs the uncached reference instead.
+    """
+    check_schedule(delta_t, time_max, sub_max)
+    b = memory.keys[0].shape[0]
+    step = cached_step(model, memory, b, time_max * sub_max) if cached else uncached_step(model, memory)
+    return algorithm1(step, b, delta_t, time_max, sub_max, model.config.decoder_start_token_id,
+                      model.config.eos_token_id, pad, model.device)
+
+
+@torch.inference_mode()
+def pipelined_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                           documents: Sequence[str], delta_t: int = 1, time_max: int = 50, sub_max: int = 20,
+                           truncation: bool = False, cached: bool = True) -> list[Schedule]:
+    """Pipelined greedy decoding of every document (Algorithm 1); the encoder runs once per document."""
+    check_inputs(model, tokenizer, documents)
+    check_schedule(delta_t, time_max, sub_max)
+    memory = document_memory(model, tokenizer, documents, truncation)
+    return pipelined_decode(model, memory, tokenizer.pad_token_id, delta_t, time_max, sub_max, cached)
+
+
+def pipelined_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                       documents: Sequence[str], delta_t: int = 1, time_max: int = 50, sub_max: int = 20,
+                       truncation: bool = False) -> list[list[str]]:
+    """Each document's generated subsequences, as text."""
+    schedules = pipelined_generate_ids(model, tokenizer, documents, delta_t, time_max, sub_max, truncation)
+    return [[tokenizer.decode(s).strip() for s in doc.subsequences] for doc in schedules]
+
+
+# --- The sequential baseline, on the same decoding machinery ---------------------------------------
+
+@torch.inference_mode()
+def sequential_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad: int,
+                      max_new_tokens: int = 120) -> torch.Tensor:
+    """The decoding phase alone: one token per step from <bos>, :func:`pidutils.t5.greedy`."""
+    b = memory.keys[0].shape[0]
+    start = torch.full((b, 1), model.config.decoder_start_token_id, device=model.device)
+    tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad)
+    return tokens
+
+
+@torch.inference_mode()
+def sequential_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                            documents: Sequence[str], max_new_tokens: int = 120,
+                            truncation: bool = False) -> torch.Tensor:
+    """The whole state as one sequence, one token per step, on the same decoder pass and cache."""
+    check_inputs(model, tokenizer, documents)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    memory = document_memory(model, tokenizer, documents, truncation)
+    return sequential_decode(model, memory, tokenizer.pad_token_id, max_new_tokens)
+
+
+def sequential_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                        documents: Sequence[str], max_new_tokens: int = 120,
+                        truncation: bool = False) -> list[list[str]]:
+    """Each document's subsequences, split from the one generated sequence at the separator."""
+    ids = sequential_generate_ids(model, tokenizer, documents, max_new_tokens, truncation)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [[s.strip() for s in text.split(SEQUENTIAL_SEPARATOR.strip()) if s.strip()] for text in texts]
+
+
+def sequential_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8, curriculum: int = 0):
+    """Training batches for the sequential decoder: dialogue -> its subsequences joined by the separator.
+
+    Plain sequence-to-sequence pairs (Hugging Face's shifted ``labels``, -100 on padding), so
+    :func:`pidutils.train.train` uses the model's own loss. Returns ``next_batch(rng) -> dict``.
+    """
+    check_int("batch_size", batch_size, 1)
+    view = full_state_view(split)
+    documents = view["document"]
+    targets = [SEQUENTIAL_SEPARATOR.join(s) for s in view["subsequences"]]
+    draw = length_buckets([len(d.split()) for d in documents], batch_size, curriculum)
+
+    def next_batch(rng: random.Random) -> dict:
+        picked = draw(rng)
+        return seq2seq_batch(tokenizer, [documents[i] for i in picked], [targets[i] for i in picked])
+
+    return next_batch
+
+
+def state_predictor(generate: Callable[..., list[list[str]]], model, tokenizer, **options):
+    """``predict(documents, prompts) -> values`` for :func:`pidutils.metrics.evaluate`: generate each
+    document's state and read the prompted slots from it ("none" where unmentioned)."""
+    def predict(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> list[list[str]]:
+        states = generate(model, tokenizer, documents, **options)
+        return [parse_state(state, slots) for state, slots in zip(states, prompts)]
+    return predict
+

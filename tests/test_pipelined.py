@@ -1,0 +1,190 @@
+"""Pipelined decoding (chapter 4): the layout, Algorithm 1's schedule, and the cached decoder
+against the uncached reference and against teacher forcing."""
+import pytest
+import torch
+from transformers import T5EncoderModel
+
+from pidutils import pipelined as pl
+from pidutils.models import random_t5
+
+BOS, EOS, PAD = 0, 1, 0
+A, B, C, D, E = 10, 11, 12, 13, 14
+
+
+def close(a, b, tol=1e-5):
+    """Equal within ``tol`` of the largest logit (random T5s have logits in the hundreds)."""
+    return bool((a - b).abs().max() <= tol * b.abs().max())
+
+
+def figure2(delta_t):
+    """The paper's Figure 2, "A B C <sep> D E", driven by a scripted model."""
+    step = pl.scripted_step([[[A, B, C], [D, E]]], delta_t, EOS, vocab_size=20)
+    return pl.algorithm1(step, 1, delta_t, time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD)[0]
+
+
+def tokens_per_step(schedule, script):
+    """Content tokens (not </s>) made at each step."""
+    made, counts = [0] * len(script), []
+    for subs in schedule.made:
+        n = 0
+        for i in subs:
+            n += made[i] < len(script[i])
+            made[i] += 1
+        counts.append(n)
+    return counts
+
+
+def test_figure2_schedule_at_delta_t_1():
+    schedule = figure2(1)
+    assert schedule.subsequences == [[A, B, C], [D, E], []]
+    assert schedule.steps == 4
+    assert tokens_per_step(schedule, [[A, B, C], [D, E], []]) == [1, 2, 2, 0]
+    # step 3 opens the third subsequence, which comes out empty; step 4 ends the first two
+    assert schedule.made == [[0], [0, 1], [0, 1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("delta_t, made", [
+    (2, [[0], [0], [0, 1], [0, 1], [1, 2]]),
+    (3, [[0], [0], [0], [0, 1], [1], [1], [2]]),
+])
+def test_figure2_schedule_at_larger_delta_t(delta_t, made):
+    schedule = figure2(delta_t)
+    assert schedule.made == made
+    assert schedule.subsequences[:2] == [[A, B, C], [D, E]]
+
+
+def test_delta_t_past_a_subsequence_length_leaves_idle_steps():
+    # "A B C </s>" ends at step 4, the second subsequence opens at step 6: the pipeline drains
+    schedule = figure2(5)
+    assert schedule.subsequences == [[A, B, C], [D, E], []]
+    assert schedule.made == [[0], [0], [0], [0], [], [1], [1], [1], [], [], [2]]
+
+
+def test_token_j_of_subsequence_i_is_made_at_step_i_delta_t_plus_j():
+    for delta_t in (1, 2, 3):
+        schedule = figure2(delta_t)
+        for i, tokens in enumerate(schedule.subsequences):
+            for j in range(1, len(tokens) + 1):  # 1-based j, 0-based i: step i*Δt + j
+                step = i * delta_t + j
+                assert i in schedule.made[step - 1]
+
+
+def test_mask_and_positions_of_figure3():
+    coords = pl.coordinates([4, 3, 1], delta_t=1)  # "<bos> A B C", "<bos> D E", "<bos>"
+    assert coords == [(0, 0), (0, 1), (1, 1), (0, 2), (1, 2), (2, 2), (0, 3), (1, 3)]
+    sub = torch.tensor([[c[0] for c in coords]])
+    time = torch.tensor([[c[1] for c in coords]])
+    valid = torch.ones_like(sub, dtype=torch.bool)
+    mask = pl.attention_mask(sub, time, sub, time, valid)[0]
+    # "D" (1, 2) sees <bos>, A, B of the first subsequence and <bos>, D of its own; not "C" (later) nor sub 2
+    assert mask[4].tolist() == [True, True, True, True, True, False, False, False]
+    distance = pl.manhattan(sub, time, sub, time)[0]
+    assert distance[4].tolist() == [3, 2, 1, 1, 0, 1, 2, 1]
+
+
+def test_training_layout_labels_each_token_with_the_next_of_its_subsequence():
+    layout, labels = pl.training_layout([[[A, B, C], [D, E]]], [1], BOS, EOS, PAD)
+    assert layout.ids[0].tolist() == [BOS, A, BOS, B, D, BOS, C, E]
+    assert labels[0].tolist() == [A, B, D, C, E, EOS, EOS, EOS]
+    assert layout.sub[0].tolist() == [0, 0, 1, 0, 1, 2, 0, 1]
+    assert layout.time[0].tolist() == [0, 1, 1, 2, 2, 2, 3, 3]
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer):
+    model = random_t5("t5-tiny", seed=2)
+    model.resize_token_embeddings(len(tokenizer))
+    documents = ["user : i need a hotel in the north , cheap please .",
+                 "user : a taxi at 17:00 to the station , and a table for 2 ."]
+    return model.eval(), tokenizer, documents
+
+
+def decode(model, tokenizer, documents, step_kind, delta_t=1, time_max=12, sub_max=5):
+    enc = tokenizer(documents, padding=True, return_tensors="pt")
+    memory = pl.cross_memory(model, pl.encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+    logits = []
+    step = pl.cached_step(model, memory, len(documents), time_max * sub_max) if step_kind == "cached" \
+        else pl.uncached_step(model, memory)
+    with torch.inference_mode():
+        schedules = pl.algorithm1(pl.recording(step, logits), len(documents), delta_t, time_max, sub_max,
+                                  BOS, EOS, tokenizer.pad_token_id)
+    return schedules, logits
+
+
+@pytest.mark.parametrize("delta_t", [1, 2, 3])
+def test_cached_decoding_equals_the_uncached_reference(setup, delta_t):
+    model, tokenizer, documents = setup
+    cached, cached_logits = decode(model, tokenizer, documents, "cached", delta_t)
+    reference, reference_logits = decode(model, tokenizer, documents, "uncached", delta_t)
+    assert [s.subsequences for s in cached] == [s.subsequences for s in reference]
+    assert [s.made for s in cached] == [s.made for s in reference]
+    assert sum(len(s.made) for s in cached) > 5  # a random model runs for several steps
+    for ours, theirs in zip(cached_logits, reference_logits):
+        assert close(ours, theirs)
+
+
+def test_each_document_of_a_batch_decodes_as_alone(setup):
+    model, tokenizer, documents = setup
+    batch, _ = decode(model, tokenizer, documents, "cached")
+    for document, schedule in zip(documents, batch):
+        alone, _ = decode(model, tokenizer, [document], "cached")
+        assert alone[0].subsequences == schedule.subsequences and alone[0].made == schedule.made
+
+
+@pytest.mark.parametrize("delta_t", [1, 3])
+def test_forced_decoding_gives_the_teacher_forced_logits(setup, delta_t):
+    model, tokenizer, documents = setup
+    targets = [[[A, B, C], [D, E]], [[E], [D, C, B, A], [B]]]
+    enc = tokenizer(documents, padding=True, return_tensors="pt")
+    memory = pl.cross_memory(model, pl.encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+    recorded, forced = [], pl.scripted_step(targets, delta_t, EOS, len(tokenizer))
+    real = pl.cached_step(model, memory, 2, 100)
+    with torch.inference_mode():
+        pl.algorithm1(lambda new: (recorded.append((new, real(new))), forced(new))[1], 2, delta_t, 50, 20,
+                      BOS, EOS, PAD)
+        layout, _ = pl.training_layout(targets, [delta_t, delta_t], BOS, EOS, PAD)
+        teacher = pl.teacher_forced_logits(model, memory, layout)
+    checked = 0
+    for new, logits in recorded:
+        for d, k in new.valid.nonzero().tolist():
+            at = ((layout.sub[d] == new.sub[d, k]) & (layout.time[d] == new.time[d, k]) & layout.valid[d]).nonzero()
+            assert at.numel() == 1
+            assert close(logits[d, k], teacher[d, int(at)])
+            checked += 1
+    assert checked == int(layout.valid.sum())
+
+
+def test_loss_trains_the_decoder_and_the_encoder(setup):
+    model, tokenizer, _ = setup
+    from pidutils import data
+    split = data.make_split("train", train=20)
+    batch = pl.pipelined_batches(split, tokenizer, model, batch_size=2)(__import__("random").Random(0))
+    model.train()
+    loss = pl.pipelined_loss(model, batch)
+    loss.backward()
+    assert loss.item() > 0
+    assert model.get_encoder().block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    model.eval()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"delta_t": 0}, "delta_t must be in"),
+    ({"time_max": 0}, "time_max must be in"),
+    ({"sub_max": 0}, "sub_max must be in"),
+    ({"documents": []}, "at least one document"),
+    ({"documents": ["word " * 600]}, "at most 512 tokens"),
+])
+def test_bad_input_is_a_value_error(setup, kwargs, match):
+    model, tokenizer, documents = setup
+    kwargs = {"documents": documents, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pl.pipelined_generate(model, tokenizer, **kwargs)
+
+
+def test_an_encoder_only_model_is_refused(setup):
+    _, tokenizer, documents = setup
+    with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
+        pl.pipelined_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
+    with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
+        pl.sequential_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
