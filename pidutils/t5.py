@@ -179,8 +179,7 @@ class KVCache:
         check_int("capacity", capacity, 1)
         cfg = model.config
         shape = (rows, cfg.num_heads, capacity, cfg.d_kv)
-        # Uninitialised: a position is only ever read after a pass has written it.
-        layers = [[torch.empty(shape, dtype=model.dtype, device=model.device) for _ in range(cfg.num_decoder_layers)]
+        layers = [[torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in range(cfg.num_decoder_layers)]
                   for _ in ("keys", "values")]
         return cls(*layers)
 

@@ -188,3 +188,23 @@ def test_an_encoder_only_model_is_refused(setup):
         pl.pipelined_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
     with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
         pl.sequential_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
+
+
+def test_the_pipelined_experiment_reports_every_figure(capsys):
+    from pidutils.experiments import pipelined_speedups
+    result = pipelined_speedups(torch.device("cpu"), dialogues=3, batch=2, repeats=1)
+    assert set(result["throughput"]) == {"b=1, end to end", "b=1, decoding phase", "b=2, end to end",
+                                         "b=2, decoding phase"}
+    assert all(row["speedup"] > 0 for row in result["throughput"].values())
+    assert result["steps"]["ratio"] > 1 and set(result["peak_bytes"]) == {"sequential", "pipelined"}
+    assert set(result["delta_t"]) == set(pl.DELTA_TS) and 0 <= result["jga"]["pipelined"] <= 1
+    assert "Figure 4" in capsys.readouterr().out
+
+
+def test_predicted_latency_counts_the_schedule_of_the_gold_state():
+    from pidutils import cost, fullstate
+    fs = fullstate.load_full_state("cpu", dialogues=2)
+    lengths = fullstate.gold_lengths(fs, 0)
+    assert len(lengths) == len(fs.subsequences[0])
+    assert fullstate.predicted_latency(fs, 0, 2, encoder_s=0.01, step_s=0.001) == \
+        pytest.approx(0.01 + cost.pipelined_steps(lengths, 2) * 0.001)
