@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from .bench import time_fn
