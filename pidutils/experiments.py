@@ -197,12 +197,12 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
                        "ratio": sum(seq_steps) / sum(pipe_steps)}
     print(f"time-steps per dialogue: sequential {result['steps']['sequential']:.1f}, pipelined "
           f"{result['steps']['pipelined']:.1f}: ratio {result['steps']['ratio']:.2f}x (the speed-up's upper bound)")
-    one = fsm.runs(fsm.FullState(fs.seq, fs.pipe, fs.tokenizer, fs.documents[:batch], [], []), batch)
+    one = fsm.runs(fs.select(0, batch), batch)
     result["peak_bytes"] = {name: peak_memory(one[name], device) for name in ("sequential", "pipelined")}
     print(f"peak memory, b={batch}: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in result["peak_bytes"].items()))
     result["jga"] = {"sequential": fsm.jga(fs, "sequential"), "pipelined": fsm.jga(fs, "pipelined", 1)}
     print(f"JGA: sequential {result['jga']['sequential']:.3f}, pipelined {result['jga']['pipelined']:.3f}")
-    result["by_subsequences"] = subsequence_speedups(fs, device, repeats)
+    result["by_subsequences"] = fsm.subsequence_speedups(fs, device, repeats)
     print("speed-up by number of subsequences (Figure 4): " + ", ".join(
         f"{k}: {v:.2f}x" for k, v in sorted(result["by_subsequences"].items())))
     result["delta_t"] = {}
@@ -214,21 +214,3 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
               f"{result['delta_t'][d]['steps']:.1f} steps per dialogue")
     return result
 
-
-def subsequence_speedups(fs, device: torch.device, repeats: int = 3) -> dict[int, float]:
-    """End-to-end speed-up of pipelined over sequential decoding, b = 1, by number of gold subsequences.
-
-    Each dialogue is timed alone, the two decoders interleaved; the ratio of the summed medians per
-    number of subsequences (the paper's Figure 4).
-    """
-    from .pipelined import pipelined_generate_ids, sequential_generate_ids
-    from .fullstate import MAX_NEW_TOKENS
-    totals: dict[int, list[float]] = {}
-    for document, subsequences in zip(fs.documents, fs.subsequences):
-        t = compare({"sequential": lambda: sequential_generate_ids(fs.seq, fs.tokenizer, [document], MAX_NEW_TOKENS),
-                     "pipelined": lambda: pipelined_generate_ids(fs.pipe, fs.tokenizer, [document])},
-                    device, warmup=1, repeats=repeats)
-        pair = totals.setdefault(len(subsequences), [0.0, 0.0])
-        pair[0] += t["sequential"].median
-        pair[1] += t["pipelined"].median
-    return {k: seq / pipe for k, (seq, pipe) in totals.items()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from .bench import time_fn
+from .bench import compare, time_fn
 from .checks import check_int
 from .cost import pipelined_steps
 from .data import full_state_view, parse_state
@@ -39,6 +39,11 @@ class FullState:
     @property
     def pad(self) -> int:
         return self.tokenizer.pad_token_id
+
+    def select(self, start: int, stop: int) -> "FullState":
+        """The same models on dialogues ``start`` to ``stop - 1``."""
+        return FullState(self.seq, self.pipe, self.tokenizer, self.documents[start:stop],
+                         self.subsequences[start:stop], self.gold[start:stop])
 
 
 def load_full_state(device: torch.device | str = "cpu", dialogues: int = 50) -> FullState:
@@ -123,7 +128,23 @@ def step_costs(fs: FullState, index: int = 0, repeats: int = 5) -> tuple[float, 
     document = [fs.documents[index]]
     encoder = time_fn(lambda: document_memory(fs.seq, fs.tokenizer, document), device, warmup=1, repeats=repeats)
     memory = document_memory(fs.seq, fs.tokenizer, document)
-    steps = sequential_steps(FullState(fs.seq, fs.pipe, fs.tokenizer, document, [], []))[0]
+    steps = sequential_steps(fs.select(index, index + 1))[0]
     decode = time_fn(lambda: sequential_decode(fs.seq, memory, fs.pad, MAX_NEW_TOKENS), device, warmup=1,
                      repeats=repeats)
     return encoder.median, decode.median / steps
+
+
+def subsequence_speedups(fs: FullState, device: torch.device | str, repeats: int = 3) -> dict[int, float]:
+    """End-to-end speed-up of pipelined over sequential decoding, b = 1, by number of gold subsequences.
+
+    Each dialogue is timed alone, the two decoders interleaved; the ratio of the summed medians per
+    number of subsequences (the paper's Figure 4).
+    """
+    totals: dict[int, list[float]] = {}
+    for index in range(len(fs.documents)):
+        ways = runs(fs.select(index, index + 1))
+        t = compare({name: ways[name] for name in ("sequential", "pipelined")}, device, warmup=1, repeats=repeats)
+        pair = totals.setdefault(len(fs.subsequences[index]), [0.0, 0.0])
+        pair[0] += t["sequential"].median
+        pair[1] += t["pipelined"].median
+    return {k: seq / pipe for k, (seq, pipe) in totals.items()}
