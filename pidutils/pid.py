@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .checks import check_choice, check_int, check_prompt_lists, check_text
 from .pie import check_prompts, length_buckets, tokenize_checked
-from .t5 import causal_bias, check_t5, cross_memory, decoder_forward, encode, greedy
+from .t5 import bias_table, causal_bias, check_t5, cross_memory, decoder_forward, encode, greedy
 from .tokenizer import check_vocab
 
 SEPARATOR = ":"
@@ -188,5 +188,5 @@ def pid_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
                           batch["attention_mask"])
     ids = batch["decoder_input_ids"]
     valid = torch.ones_like(ids, dtype=torch.bool)  # right padding: the causal mask hides it
-    logits = decoder_forward(model, ids, memory, causal_bias(model, 0, ids.shape[1], valid))
+    logits = decoder_forward(model, ids, memory, causal_bias(bias_table(model), 0, ids.shape[1], valid))
     return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)

@@ -31,12 +31,13 @@ from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from .checks import check_documents, check_int
 from .data import full_state_view, parse_state
 from .pie import length_buckets, seq2seq_batch, tokenize_checked
-from .t5 import (CrossMemory, KVCache, check_t5, cross_memory, decoder_forward, encode, greedy, masked,
-                 relative_position_bias)
+from .t5 import (CrossMemory, KVCache, bias_table, check_t5, cross_memory, decoder_forward, encode, greedy,
+                 position_bias)
 from .tokenizer import check_vocab
 
 DELTA_TS = (1, 2, 3, 4)  # the Δt a shipped pipelined model is trained and measured at
 SEQUENTIAL_SEPARATOR = " , "  # between subsequences when the whole state is one sequence
+CACHE_START = 128  # tokens the KV cache first holds per document; it doubles when a document needs more
 
 
 # --- The layout: coordinates, mask and positions ---------------------------------------------------
@@ -67,12 +68,13 @@ def manhattan(sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor, ti
     return (time_q[:, :, None] - time_k[:, None, :]).abs() + (sub_q[:, :, None] - sub_k[:, None, :]).abs()
 
 
-def self_bias(model: T5ForConditionalGeneration, sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor,
+def self_bias(table: torch.Tensor, sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor,
               time_k: torch.Tensor, valid_k: torch.Tensor) -> torch.Tensor:
-    """The pipelined decoder's self-attention bias ``(rows, h, q, k)``: T5's learned bias at minus the
-    Manhattan distance (a distance into the past), under the mask of Eq. (4)."""
-    position = relative_position_bias(model, -manhattan(sub_q, time_q, sub_k, time_k))
-    return masked(position, attention_mask(sub_q, time_q, sub_k, time_k, valid_k)[:, None])
+    """The pipelined decoder's self-attention bias ``(rows, h, q, k)``: T5's learned bias
+    (``table``, :func:`pidutils.t5.bias_table`) at the Manhattan distance into the past, under the
+    mask of Eq. (4)."""
+    return position_bias(table, manhattan(sub_q, time_q, sub_k, time_k),
+                         attention_mask(sub_q, time_q, sub_k, time_k, valid_k))
 
 
 # --- Training: the teacher-forced layout and its loss ---------------------------------------------
@@ -148,7 +150,7 @@ def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCon
 
 def teacher_forced_logits(model: T5ForConditionalGeneration, memory: CrossMemory, layout: Layout) -> torch.Tensor:
     """One decoder pass over a whole layout, every token under the mask and positions of Eq. (4)."""
-    bias = self_bias(model, layout.sub, layout.time, layout.sub, layout.time, layout.valid)
+    bias = self_bias(bias_table(model), layout.sub, layout.time, layout.sub, layout.time, layout.valid)
     return decoder_forward(model, layout.ids, memory, bias)
 
 
@@ -256,18 +258,18 @@ def step_inputs(docs: list[Schedule], active: list[list[int]], time: int, bos: i
 def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, rows: int, capacity: int) -> StepFn:
     """A step that appends the new tokens' keys and values to a KV cache and recomputes nothing.
 
-    The coordinates of every cached token are kept beside the cache, to build each step's mask and
-    positions against them.
+    The cache starts with room for ``capacity`` tokens per row and grows when it must. The
+    coordinates of every cached token are kept beside it, to build each step's mask and positions
+    against them; T5's position bias is looked up in a table made once (:func:`pidutils.t5.bias_table`).
     """
     cache = KVCache.empty(model, rows, capacity)
-    keys = Layout(*(torch.zeros((rows, capacity), dtype=dtype, device=model.device)
-                    for dtype in (torch.long, torch.long, torch.long, torch.bool)))
+    table = bias_table(model)
+    seen: list[torch.Tensor] = []  # the cached tokens' sub, time and valid, each (rows, cached)
 
     def step(new: Layout) -> torch.Tensor:
-        start, end = cache.length, cache.length + new.ids.shape[1]
-        for name in ("sub", "time", "valid"):
-            getattr(keys, name)[:, start:end] = getattr(new, name)
-        bias = self_bias(model, new.sub, new.time, keys.sub[:, :end], keys.time[:, :end], keys.valid[:, :end])
+        coordinates = (new.sub, new.time, new.valid)
+        seen[:] = [torch.cat(pair, dim=1) for pair in zip(seen, coordinates)] if seen else coordinates
+        bias = self_bias(table, new.sub, new.time, *seen)
         return decoder_forward(model, new.ids, memory, bias, cache)
 
     return step
@@ -333,7 +335,7 @@ def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad
     """
     check_schedule(delta_t, time_max, sub_max)
     b = memory.keys[0].shape[0]
-    step = cached_step(model, memory, b, time_max * sub_max) if cached else uncached_step(model, memory)
+    step = cached_step(model, memory, b, CACHE_START) if cached else uncached_step(model, memory)
     return algorithm1(step, b, delta_t, time_max, sub_max, model.config.decoder_start_token_id,
                       model.config.eos_token_id, pad, model.device)
 

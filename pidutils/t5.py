@@ -5,7 +5,7 @@ Each method differs from plain decoding in one place only, and that place is an 
 - PID (chapter 3) shares the cross-attention keys and values of one document among U prompts by
   folding the U prompts' queries into the query axis (:func:`fold`, :func:`cross_attention`);
 - pipelined decoding (chapter 4) gives self-attention its own mask and relative positions, so the
-  caller passes the self-attention bias (:func:`relative_position_bias`, :func:`masked`);
+  caller passes the self-attention bias (:func:`bias_table`, :func:`position_bias`);
 - speculative decoding (chapter 5) rolls the self-attention cache back after a rejection, so the
   cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast.
 
@@ -15,7 +15,6 @@ weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +46,6 @@ def merge(x: torch.Tensor) -> torch.Tensor:
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean "may attend" mask as an additive bias: 0 where allowed, the dtype's minimum elsewhere."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def masked(bias: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """``bias`` where ``allowed`` (broadcast), the dtype's minimum elsewhere: a position bias and its mask in one."""
-    return bias.masked_fill(~allowed, torch.finfo(bias.dtype).min)
 
 
 # --- The encoder, once, and the cross-attention memory --------------------------------------------
@@ -123,40 +117,43 @@ def cross_attention(attn, x: torch.Tensor, keys: torch.Tensor, values: torch.Ten
 
 # --- Self-attention: its bias, and a cache that can roll back -------------------------------------
 
-def relative_position_bias(model: T5ForConditionalGeneration, relative_position: torch.Tensor) -> torch.Tensor:
-    """T5's learned self-attention bias for given relative positions (key minus query), per head.
+def bias_table(model: T5ForConditionalGeneration) -> torch.Tensor:
+    """T5's learned self-attention bias at every distance into the past, per head, and a mask row.
 
-    ``relative_position`` has shape ``(..., q, k)``; the result ``(..., h, q, k)``. The decoder's
-    buckets are unidirectional: every key ahead of its query (a positive position) falls in bucket
-    0, so causality must come from the mask, and a distance D into the past is passed as -D. Only
-    the first block holds the bias table; every block reuses it. The buckets are looked up in a
-    table made once (:func:`distance_buckets`) instead of recomputed at every decoding step.
+    Row D (0 <= D <= max_distance) is the bias between a query and a key D positions before it; T5's
+    decoder buckets are unidirectional, and every distance from ``max_distance`` on shares the last
+    bucket, so these rows cover every distance. The extra last row is the dtype's minimum: the
+    "may not attend" entry. A decoder computes the table once per call and looks every step's bias
+    up in it (:func:`position_bias`); only the first block holds the bias, and every block uses it.
     """
     attn = model.get_decoder().block[0].layer[0].SelfAttention
-    table = distance_buckets(attn.relative_attention_num_buckets, attn.relative_attention_max_distance,
-                             str(relative_position.device))
-    distance = (-relative_position).clamp(0, len(table) - 1)
-    return attn.relative_attention_bias(table[distance]).movedim(-1, -3).to(model.dtype)
+    distance = torch.arange(attn.relative_attention_max_distance + 1, device=model.device)
+    buckets = T5Attention._relative_position_bucket(-distance, bidirectional=False,
+                                                    num_buckets=attn.relative_attention_num_buckets,
+                                                    max_distance=attn.relative_attention_max_distance)
+    table = attn.relative_attention_bias(buckets)
+    return torch.cat([table, torch.full_like(table[:1], torch.finfo(table.dtype).min)])
 
 
-@functools.lru_cache(maxsize=8)
-def distance_buckets(num_buckets: int, max_distance: int, device: str, size: int = 4096) -> torch.Tensor:
-    """T5's unidirectional bucket of every distance 0..size-1 into the past (all distances from
-    ``max_distance`` on share the last bucket, so the table covers any longer one)."""
-    distance = torch.arange(size, device=device)
-    return T5Attention._relative_position_bucket(-distance, bidirectional=False, num_buckets=num_buckets,
-                                                 max_distance=max_distance)
+def position_bias(table: torch.Tensor, distance: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The self-attention bias ``(..., h, q, k)`` for ``distance`` (query minus key, ``(..., q, k)``)
+    where ``allowed``, and the mask row of :func:`bias_table` elsewhere: position bias and mask in one
+    lookup. A key ahead of its query (a negative distance) gets distance 0's bias, as in T5, so
+    causality must come from ``allowed``.
+    """
+    index = distance.clamp(0, len(table) - 2).masked_fill(~allowed, len(table) - 1)
+    return F.embedding(index, table).movedim(-1, -3)
 
 
-def causal_bias(model: T5ForConditionalGeneration, past: int, new: int, valid: torch.Tensor) -> torch.Tensor:
+def causal_bias(table: torch.Tensor, past: int, new: int, valid: torch.Tensor) -> torch.Tensor:
     """Ordinary decoding's self-attention bias: positions in sequence order, causal and key-padding masks.
 
-    ``valid`` (rows, past+new) is False on padding. Returns (rows, h, new, past+new).
+    ``table`` is :func:`bias_table`'s; ``valid`` (rows, past+new) is False on padding. Returns
+    (rows, h, new, past+new).
     """
     position = torch.arange(past + new, device=valid.device)
-    relative = position[None, :] - position[past:, None]
-    causal = relative <= 0
-    return masked(relative_position_bias(model, relative)[None], causal[None, None] & valid[:, None, None, :])
+    distance = position[past:, None] - position[None, :]
+    return position_bias(table, distance[None], (distance >= 0)[None] & valid[:, None, :])
 
 
 @dataclass
@@ -164,8 +161,9 @@ class KVCache:
     """Per decoder layer, preallocated self-attention keys and values, ``(rows, h, capacity, d_kv)``.
 
     The first :attr:`length` positions hold the tokens so far. A pass writes its new tokens' keys
-    and values in place after them (no copy of the cache), and :meth:`truncate` rolls the cache
-    back by resetting the length: speculative decoding's rejected drafts (chapter 5).
+    and values in place after them (no copy of the cache; a pass that would overflow it first
+    doubles it, :meth:`grow`), and :meth:`truncate` rolls the cache back by resetting the length:
+    speculative decoding's rejected drafts (chapter 5).
     """
 
     keys: list[torch.Tensor]
@@ -174,7 +172,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, model: T5ForConditionalGeneration, rows: int, capacity: int) -> "KVCache":
-        """A cache for ``rows`` sequences of at most ``capacity`` tokens, on the model's device and dtype."""
+        """A cache with room for ``capacity`` tokens of ``rows`` sequences, on the model's device and dtype."""
         check_int("rows", rows, 1)
         check_int("capacity", capacity, 1)
         cfg = model.config
@@ -191,10 +189,20 @@ class KVCache:
         """Store one layer's new K/V after :attr:`length`; return that layer's K/V so far, new included."""
         end = self.length + k.shape[2]
         if end > self.capacity:
-            raise ValueError(f"the cache holds at most {self.capacity} tokens; this pass would make {end}")
+            self.grow(end)
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def grow(self, needed: int) -> None:
+        """Reallocate every layer with at least twice the capacity (and ``needed``), keeping the tokens
+        so far: a decoder that cannot know its length ahead (chapter 4) starts small, and the
+        doublings stay few."""
+        capacity = max(needed, 2 * self.capacity)
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                buffers[i] = old.new_zeros((*old.shape[:2], capacity, old.shape[3]))
+                buffers[i][:, :, :self.length] = old[:, :, :self.length]
 
     def truncate(self, length: int) -> None:
         """Roll back to the first ``length`` tokens (the cross-attention memory is not touched)."""
@@ -251,10 +259,11 @@ def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch
     cache = KVCache.empty(model, rows=prefix.shape[0], capacity=prefix.shape[1] + max_new_tokens)
     eos = model.config.eos_token_id
     done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    table = bias_table(model)
     tokens, scores = [], []
     step_ids = prefix
     for _ in range(max_new_tokens):
-        logits = decoder_forward(model, step_ids, memory, causal_bias(model, cache.length, step_ids.shape[1], valid),
+        logits = decoder_forward(model, step_ids, memory, causal_bias(table, cache.length, step_ids.shape[1], valid),
                                  cache)[:, -1]
         token = logits.argmax(-1).masked_fill(done, pad)
         tokens.append(token)

@@ -48,7 +48,7 @@ def test_teacher_forced_logits_equal_hugging_face_on_copied_states(model, tokeni
     enc = tokenizer(docs, padding=True, return_tensors="pt")
     ids, valid, U = pid.decoder_prefixes(model, tokenizer, PROMPTS)
     encoded = t5.encode(model, enc["input_ids"], enc["attention_mask"])
-    bias = t5.causal_bias(model, 0, ids.shape[1], valid)
+    bias = t5.causal_bias(t5.bias_table(model), 0, ids.shape[1], valid)
     ours = t5.decoder_forward(model, ids, t5.cross_memory(model, encoded, enc["attention_mask"]), bias)
     hf = model(encoder_outputs=(encoded.repeat_interleave(U, 0),), attention_mask=enc["attention_mask"].repeat_interleave(U, 0),
                decoder_input_ids=ids, decoder_attention_mask=valid.long()).logits

@@ -35,14 +35,18 @@ def test_relative_position_bias_is_hugging_faces(setup):
     for past, new in ((0, 5), (4, 1), (3, 3)):
         hf = attn.compute_bias(new, past + new, device="cpu", past_seen_tokens=past)
         position = torch.arange(past + new)
-        ours = t5.relative_position_bias(model, position[None, :] - position[past:, None])
+        distance = position[past:, None] - position[None, :]
+        ours = t5.position_bias(t5.bias_table(model), distance, torch.ones_like(distance, dtype=torch.bool))
         assert torch.equal(ours[None], hf)
+    far = torch.tensor([[0, 127, 128, 129, 5000]])  # every distance from max_distance on shares a bucket
+    hf = attn.compute_bias(1, 5001, device="cpu", past_seen_tokens=5000)[0, :, 0, 5000 - far[0]]
+    assert torch.equal(t5.position_bias(t5.bias_table(model), far, far >= 0)[:, 0], hf)
 
 
 def test_full_pass_equals_hugging_face(setup):
     model, source, mask, memory, target = setup
     valid = torch.ones_like(target, dtype=torch.bool)
-    ours = t5.decoder_forward(model, target, memory, t5.causal_bias(model, 0, 7, valid))
+    ours = t5.decoder_forward(model, target, memory, t5.causal_bias(t5.bias_table(model), 0, 7, valid))
     hf = model(input_ids=source, attention_mask=mask, decoder_input_ids=target).logits
     assert close(ours, hf)
 
@@ -50,14 +54,28 @@ def test_full_pass_equals_hugging_face(setup):
 def test_cached_steps_equal_the_full_pass_and_write_in_place(setup):
     model, _, _, memory, target = setup
     valid = torch.ones_like(target, dtype=torch.bool)
-    full = t5.decoder_forward(model, target, memory, t5.causal_bias(model, 0, 7, valid))
+    full = t5.decoder_forward(model, target, memory, t5.causal_bias(t5.bias_table(model), 0, 7, valid))
     cache = t5.KVCache.empty(model, rows=2, capacity=10)
     buffer = cache.keys[0].data_ptr()
-    steps = [t5.decoder_forward(model, target[:, :3], memory, t5.causal_bias(model, 0, 3, valid[:, :3]), cache)]
+    steps = [t5.decoder_forward(model, target[:, :3], memory, t5.causal_bias(t5.bias_table(model), 0, 3, valid[:, :3]), cache)]
     for i in range(3, 7):
         steps.append(t5.decoder_forward(model, target[:, i:i + 1], memory,
-                                        t5.causal_bias(model, i, 1, valid[:, :i + 1]), cache))
+                                        t5.causal_bias(t5.bias_table(model), i, 1, valid[:, :i + 1]), cache))
     assert cache.length == 7 and cache.keys[0].data_ptr() == buffer
+    assert close(torch.cat(steps, dim=1), full)
+
+
+def test_a_full_cache_grows_and_keeps_its_tokens(setup):
+    model, _, _, memory, target = setup
+    valid = torch.ones_like(target, dtype=torch.bool)
+    table = t5.bias_table(model)
+    full = t5.decoder_forward(model, target, memory, t5.causal_bias(table, 0, 7, valid))
+    cache = t5.KVCache.empty(model, rows=2, capacity=2)
+    steps = [t5.decoder_forward(model, target[:, :3], memory, t5.causal_bias(table, 0, 3, valid[:, :3]), cache)]
+    assert cache.capacity == 4
+    steps += [t5.decoder_forward(model, target[:, i:i + 1], memory, t5.causal_bias(table, i, 1, valid[:, :i + 1]),
+                                 cache) for i in range(3, 7)]
+    assert cache.capacity == 8 and cache.length == 7
     assert close(torch.cat(steps, dim=1), full)
 
 
@@ -65,21 +83,18 @@ def test_truncate_rolls_back_exactly(setup):
     model, _, _, memory, target = setup
     valid = torch.ones((2, 7), dtype=torch.bool)
     cache = t5.KVCache.empty(model, rows=2, capacity=7)
-    t5.decoder_forward(model, target[:, :5], memory, t5.causal_bias(model, 0, 5, valid[:, :5]), cache)
+    t5.decoder_forward(model, target[:, :5], memory, t5.causal_bias(t5.bias_table(model), 0, 5, valid[:, :5]), cache)
     cache.truncate(3)
     other = torch.flip(target[:, 3:5], dims=[1])  # a different continuation after the first three
-    again = t5.decoder_forward(model, other, memory, t5.causal_bias(model, 3, 2, valid[:, :5]), cache)
+    again = t5.decoder_forward(model, other, memory, t5.causal_bias(t5.bias_table(model), 3, 2, valid[:, :5]), cache)
     fresh = t5.decoder_forward(model, torch.cat([target[:, :3], other], 1), memory,
-                               t5.causal_bias(model, 0, 5, valid[:, :5]))[:, 3:]
+                               t5.causal_bias(t5.bias_table(model), 0, 5, valid[:, :5]))[:, 3:]
     assert cache.length == 5 and close(again, fresh)
 
 
 def test_cache_limits_are_value_errors(setup):
     model, _, _, memory, target = setup
     cache = t5.KVCache.empty(model, rows=2, capacity=2)
-    with pytest.raises(ValueError, match="at most 2 tokens"):
-        t5.decoder_forward(model, target[:, :3], memory,
-                           t5.causal_bias(model, 0, 3, torch.ones((2, 3), dtype=torch.bool)), cache)
     with pytest.raises(ValueError, match="length must be in"):
         cache.truncate(1)
     with pytest.raises(ValueError, match="capacity must be in"):

@@ -63,6 +63,10 @@ RECIPES: dict[str, Recipe] = {
                           train_dialogues=20000, init="pid-t5-tiny"),
     "pipe-t5-tiny": Recipe(method="pipe", steps=4000, validate_every=500, lr=3e-3, optimizer="adafactor",
                            train_dialogues=20000, init="pid-t5-tiny"),
+    # Chapter 5: the speculative target, the sequential task on a decoder eight times as deep as
+    # seq-t5-tiny's (its draft), grown from pid-t5-tiny by adding 14 blocks that start as the identity.
+    "seq-t5-deep": Recipe(method="seq", num_decoder_layers=16, steps=4000, validate_every=500, lr=3e-3,
+                          optimizer="adafactor", train_dialogues=20000, init="pid-t5-tiny"),
 }
 
 

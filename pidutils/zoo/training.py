@@ -25,9 +25,9 @@ from ..tokenizer import train_tokenizer
 from ..train import train
 from . import RECIPES, Recipe, load, new_model
 
-# What a fine-tune shares with its init: the shape, and the data its tokenizer was trained on.
-SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_layers", "vocab_size",
-          "train_dialogues", "seed")
+# What a fine-tune shares with its init: the shape (it may add decoder layers), and the data its
+# tokenizer was trained on.
+SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "vocab_size", "train_dialogues", "seed")
 
 
 def decoder_tokens(batch: dict) -> int:
@@ -52,19 +52,48 @@ def check_init(recipe: Recipe) -> None:
     if not recipe.init:
         return
     check_choice("init", recipe.init, sorted(RECIPES))
-    differ = [k for k in SHARED if getattr(RECIPES[recipe.init], k) != getattr(recipe, k)]
+    init = RECIPES[recipe.init]
+    differ = [k for k in SHARED if getattr(init, k) != getattr(recipe, k)]
     if differ:
         raise ValueError(f"init must name a checkpoint with the same {', '.join(SHARED)}; "
                          f"{recipe.init} differs in {', '.join(differ)}")
+    if recipe.num_decoder_layers < init.num_decoder_layers:
+        raise ValueError(f"num_decoder_layers must be at least the init's {init.num_decoder_layers}, "
+                         f"got {recipe.num_decoder_layers}")
 
 
 def initial_model(recipe: Recipe, dialogues: list[str]) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
     """The model and tokenizer a run starts from: a fresh tokenizer and random model, or ``recipe.init``'s."""
     check_init(recipe)
     if recipe.init:
-        return load(recipe.init)
+        model, tokenizer = load(recipe.init)
+        return deepened(model, recipe.num_decoder_layers, recipe.seed), tokenizer
     tokenizer = train_tokenizer(dialogues + [" ".join(SLOTS + [NONE, DONTCARE])] * 10, recipe.vocab_size)
     return new_model(recipe, len(tokenizer)), tokenizer
+
+
+def deepened(model: T5ForConditionalGeneration, num_decoder_layers: int, seed: int = 0) -> T5ForConditionalGeneration:
+    """``model`` with decoder blocks added after its own, each starting as the identity (chapter 5).
+
+    The new blocks are initialised as T5 initialises any block (seeded), except that the output
+    projections of their three sublayers (self-attention, cross-attention, feed-forward) are zero:
+    every sublayer adds nothing to the residual stream, so the deepened model computes exactly what
+    ``model`` did, and training grows the new blocks from there (a function-preserving growth).
+    """
+    added = num_decoder_layers - model.config.num_decoder_layers
+    if added == 0:
+        return model
+    torch.manual_seed(seed)
+    config = model.config.to_dict() | {"num_decoder_layers": num_decoder_layers}
+    grown = T5ForConditionalGeneration(type(model.config).from_dict(config))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".block." in key for key in missing), (missing, unexpected)
+    with torch.no_grad():
+        for block in grown.get_decoder().block[-added:]:
+            sa, ca, ff = block.layer
+            for projection in (sa.SelfAttention.o, ca.EncDecAttention.o, ff.DenseReluDense.wo):
+                projection.weight.zero_()
+    return grown.eval()
 
 
 def train_checkpoint(name: str, steps: int | None = None, device: str | None = None):
