@@ -273,3 +273,32 @@ def sequential_steps(lengths: Sequence[int], separator_tokens: int = 1) -> int:
     for length in lengths:
         check_int("each length", length, 0)
     return sum(lengths) + separator_tokens * max(len(lengths) - 1, 0) + 1
+
+
+# --- Speculative decoding: tokens per round and the speed-up (chapter 5) ---------------------------
+
+def _check_speculation(alpha: float, gamma: int, c: float) -> None:
+    check_float("alpha", alpha, 0.0, 1.0)
+    check_int("gamma", gamma, 1)
+    check_float("c", c, 0.0)
+
+
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """Tokens one round of speculative decoding makes on average, (1 − α^{γ+1}) / (1 − α)
+    (Leviathan et al. 2023, Eq. 1): the standing guesses, a geometric run capped at γ, plus the
+    target's own token. γ + 1 when α = 1."""
+    _check_speculation(alpha, gamma, 0.0)
+    return gamma + 1.0 if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def speculative_speedup(alpha: float, gamma: int, c: float) -> float:
+    """The expected wall-time speed-up over the target alone, (1 − α^{γ+1}) / ((1 − α)(γc + 1)):
+    a round costs γ draft steps (c target steps each) and one target pass, assumed to cost one step."""
+    _check_speculation(alpha, gamma, c)
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+def best_gamma(alpha: float, c: float, max_gamma: int = 64) -> int:
+    """The γ in 1..max_gamma with the largest expected speed-up (the smallest such γ on a tie)."""
+    check_int("max_gamma", max_gamma, 1)
+    return max(range(1, max_gamma + 1), key=lambda g: (speculative_speedup(alpha, g, c), -g))

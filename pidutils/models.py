@@ -36,12 +36,17 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def random_t5(shape: str = "t5-small", seed: int = 0, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> T5ForConditionalGeneration:
-    """A T5 with random weights at a named shape, in eval mode, using PyTorch's fused SDPA attention."""
+              dtype: torch.dtype = torch.float32, **changes: int) -> T5ForConditionalGeneration:
+    """A T5 with random weights at a named shape, in eval mode, using PyTorch's fused SDPA attention.
+
+    ``changes`` override the shape's entries or the initialisation scale, e.g. ``vocab_size=6`` and
+    ``initializer_factor=1.0`` for chapter 5's sampling test.
+    """
     check_choice("shape", shape, SHAPES)
-    config = T5Config(**SHAPES[shape], num_decoder_layers=SHAPES[shape]["num_layers"],
+    dims = {"initializer_factor": INIT_FACTOR} | SHAPES[shape] | changes
+    config = T5Config(**dims, num_decoder_layers=dims["num_layers"],
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                      dropout_rate=0.0, initializer_factor=INIT_FACTOR,
+                      dropout_rate=0.0,
                       attn_implementation="sdpa")
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)

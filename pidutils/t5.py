@@ -15,6 +15,7 @@ weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,12 @@ class CrossMemory:
     def nbytes(self) -> int:
         """Bytes held by the cross-attention K/V, measured from the tensors themselves."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def repeated(self, rows: int) -> "CrossMemory":
+        """One document's memory seen by ``rows`` rows (views, no copy): independent samples of one input."""
+        check_int("rows", rows, 1)
+        return CrossMemory([k.expand(rows, -1, -1, -1) for k in self.keys],
+                           [v.expand(rows, -1, -1, -1) for v in self.values], self.bias.expand(rows, -1, -1, -1))
 
 
 def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
@@ -244,18 +251,22 @@ def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory
     return model.lm_head(h)
 
 
-# --- Greedy decoding on this pass ------------------------------------------------------------------
+# --- Decoding one token per step on this pass -------------------------------------------------------
 
 def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch.Tensor, valid: torch.Tensor,
-           max_new_tokens: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+           max_new_tokens: int, pad: int,
+           pick: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding with the KV cache after left-padded ``prefix`` rows; ``valid`` is False on padding.
 
     Returns the new tokens (rows, steps) and each step's logits (rows, steps, vocab). Every row stops
     at its own ``</s>`` (later positions hold ``pad``); the loop ends when all rows have stopped or
     after ``max_new_tokens`` steps. PID (chapter 3) decodes its prompt rows with it; chapter 4's
-    sequential baseline decodes from the start token alone.
+    sequential baseline decodes from the start token alone. ``pick`` turns a step's logits
+    (rows, vocab) into its tokens: the argmax unless given; chapter 5's target-only baseline
+    samples with it (:func:`pidutils.speculative.autoregressive`).
     """
     check_int("max_new_tokens", max_new_tokens, 1)
+    pick = pick or (lambda logits: logits.argmax(-1))
     cache = KVCache.empty(model, rows=prefix.shape[0], capacity=prefix.shape[1] + max_new_tokens)
     eos = model.config.eos_token_id
     done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
@@ -265,7 +276,7 @@ def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch
     for _ in range(max_new_tokens):
         logits = decoder_forward(model, step_ids, memory, causal_bias(table, cache.length, step_ids.shape[1], valid),
                                  cache)[:, -1]
-        token = logits.argmax(-1).masked_fill(done, pad)
+        token = pick(logits).masked_fill(done, pad)
         tokens.append(token)
         scores.append(logits)
         done |= token == eos

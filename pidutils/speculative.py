@@ -1,0 +1,339 @@
+"""Speculative decoding (Leviathan, Kalman and Matias 2023): a draft proposes γ tokens, the target checks them (chapter 5).
+
+One round, for rows that share a length:
+
+1. **Draft.** The small model M_q samples γ guesses x_1..x_γ one at a time from its warped
+   distributions q_1..q_γ (:func:`warp`, :func:`draw`).
+2. **Verify.** The target M_p runs once on the last token and the γ guesses, and gives p_1..p_{γ+1}.
+3. **Accept** (:func:`accept`). With r_i ~ U(0, 1), guess i stands while r_i < p_i(x_i) / q_i(x_i);
+   n is the number standing before the first that falls. The next token comes from
+   norm(max(0, p_{n+1} − q_{n+1})), or from p_{γ+1} when all γ stood. Every token so made has the
+   target's distribution exactly; greedy decoding is the case where p and q put all their mass on
+   their argmax, and a guess stands when it is the target's argmax.
+4. **Roll back.** Both models keep a self-attention KV cache (:class:`pidutils.t5.KVCache`); the
+   positions of fallen guesses are dropped by resetting the cache's length. The cross-attention
+   keys and values, computed once per document by each model, are never touched.
+
+A batch of b rows shares one cache length, so every row keeps the batch's shortest run of
+standing guesses m, plus one token: its own correction if its run is that short, otherwise its
+guess m+1, which stood. Keeping a prefix of standing tokens chosen independently of what follows
+changes no row's distribution, so every row is still exact; rows only lose speed to the others.
+A row whose run holds ``</s>`` is finished and no longer holds the others back.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+from .checks import check_documents, check_float, check_int
+from .pipelined import document_memory
+from .t5 import CrossMemory, KVCache, bias_table, causal_bias, check_t5, decoder_forward, greedy
+from .tokenizer import check_vocab
+
+GAMMAS = tuple(range(1, 9))  # the γ the chapter's slider and the benchmark sweep
+
+
+# --- Sampling: the warpers, applied identically to p and q -----------------------------------------
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a token is chosen from logits: temperature (0 is greedy), then top-k (0: off), then top-p.
+
+    The same order as Hugging Face's warpers; speculative decoding applies the very same warping
+    to the draft's and the target's logits, so that it samples the warped target distribution.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_float("temperature", self.temperature, 0.0)
+        check_int("top_k", self.top_k, 0)
+        check_float("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+
+
+def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The distribution ``sampling`` draws from, ``(..., vocab)``: one-hot on the argmax at temperature 0,
+    else the softmax of logits/T over the top-k tokens, cut to the smallest set holding top-p of the mass."""
+    if sampling.temperature == 0:
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)  # mass of the tokens ahead
+        drop = (before >= sampling.top_p).scatter(-1, order, before >= sampling.top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token from each distribution of ``probs`` ``(..., vocab)``."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+# --- The accept/reject rule ---------------------------------------------------------------------------
+
+def accept(p: torch.Tensor, q: torch.Tensor, guesses: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's rule, per row: how many guesses stand, and the distribution of the token after them.
+
+    ``p`` (rows, γ+1, vocab): the target's distributions at the γ guesses and after them; ``q``
+    (rows, γ, vocab): the draft's; ``guesses`` (rows, γ); ``r`` (rows, γ): uniforms in [0, 1).
+    Guess i stands while r_i · q_i(x_i) < p_i(x_i), that is with probability min(1, p/q). Returns n
+    (rows,), the guesses standing before the first that falls, and (rows, vocab) the distribution
+    of the next token: norm(max(0, p_{n+1} − q_{n+1})), which is p_{γ+1} itself when n = γ (q is
+    taken as zero there).
+    """
+    rows, gamma = guesses.shape
+    p_x = p[:, :gamma].gather(-1, guesses[..., None])[..., 0]
+    q_x = q.gather(-1, guesses[..., None])[..., 0]
+    falls = torch.cat([r * q_x >= p_x, torch.ones((rows, 1), dtype=torch.bool, device=p.device)], dim=1)
+    n = falls.int().argmax(1)  # the first that falls; the appended column makes it γ if none does
+    at = torch.arange(rows, device=p.device)
+    q_next = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)[at, n]
+    residual = (p[at, n] - q_next).clamp_min(0)
+    return n, residual / residual.sum(-1, keepdim=True)
+
+
+def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """β = Σ_x min(p(x), q(x)): the probability that a guess drawn from q stands (the paper's α is its mean)."""
+    return torch.minimum(p, q).sum(-1)
+
+
+# --- Decoding -----------------------------------------------------------------------------------------
+
+@dataclass
+class Round:
+    """One round of every row: its guesses, how many stood (n), and the tokens kept (m+1 per row)."""
+
+    guesses: list[list[int]]
+    standing: list[int]
+    kept: list[list[int]]
+
+
+@dataclass
+class Stats:
+    """What a speculative run measured: rounds, tokens kept per row, and the acceptance probabilities
+    β of every judged guess (the paper's α is their mean)."""
+
+    rounds: list[Round] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+
+    @property
+    def alpha(self) -> float:
+        """Mean acceptance probability of the judged guesses (1.0 if none was judged)."""
+        return sum(self.betas) / len(self.betas) if self.betas else 1.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Tokens the first row kept per round (a row gains m+1 per round)."""
+        return sum(len(r.kept[0]) for r in self.rounds) / max(len(self.rounds), 1)
+
+
+def check_pair(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
+               tokenizer: PreTrainedTokenizerFast, draft_tokenizer: PreTrainedTokenizerFast | None = None) -> None:
+    """Both models T5 encoder-decoders, with one vocabulary, one tokenizer and the same special tokens."""
+    check_t5(target)
+    check_t5(draft)
+    check_vocab(tokenizer, target)
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft and target must share one vocabulary: the target has "
+                         f"{target.config.vocab_size} tokens, the draft {draft.config.vocab_size}")
+    if draft_tokenizer is not None and draft_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("draft_tokenizer must be the target's tokenizer: their vocabularies differ")
+    for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(draft.config, name) != getattr(target.config, name):
+            raise ValueError(f"draft and target must share {name}: {getattr(draft.config, name)} "
+                             f"against {getattr(target.config, name)}")
+
+
+def check_speculation(gamma: int, max_new_tokens: int) -> None:
+    """γ and max_new_tokens must each be at least 1."""
+    check_int("gamma", gamma, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
+
+
+def step(model: T5ForConditionalGeneration, memory: CrossMemory, table: torch.Tensor, ids: torch.Tensor,
+         cache: KVCache) -> torch.Tensor:
+    """Run ``model`` on ``ids`` (rows, new) after its cache: the logits (rows, new, vocab)."""
+    valid = torch.ones((ids.shape[0], cache.length + ids.shape[1]), dtype=torch.bool, device=ids.device)
+    return decoder_forward(model, ids, memory, causal_bias(table, cache.length, ids.shape[1], valid), cache)
+
+
+def finish(new: torch.Tensor, done: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """``pad`` after each row's first ``</s>`` and in rows already done; marks rows that end in ``done``."""
+    is_eos = new == eos
+    after = (is_eos.int().cumsum(1) - is_eos.int()) > 0
+    new = new.masked_fill(after | done[:, None], pad)
+    done |= is_eos.any(1)
+    return new
+
+
+@torch.inference_mode()
+def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
+                       target_memory: CrossMemory, draft_memory: CrossMemory, gamma: int = 5,
+                       sampling: Sampling = Sampling(), max_new_tokens: int = 120, pad: int = 0,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, Stats]:
+    """The decoding phase alone, for documents each model has already encoded into its memory.
+
+    Returns the tokens (rows, length), ``pad`` after each row's ``</s>``, and the run's :class:`Stats`.
+    """
+    check_speculation(gamma, max_new_tokens)
+    rows, device = target_memory.keys[0].shape[0], target.device
+    eos = target.config.eos_token_id
+    tokens = torch.full((rows, max_new_tokens + 1), pad, device=device)
+    tokens[:, 0] = target.config.decoder_start_token_id
+    length = 1  # tokens so far, the start token included; each cache holds all but the last
+    target_cache, draft_cache = (KVCache.empty(m, rows, max_new_tokens + 1) for m in (target, draft))
+    target_table, draft_table = bias_table(target), bias_table(draft)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    stats = Stats()
+    while length <= max_new_tokens and not bool(done.all()):
+        g = min(gamma, max_new_tokens - length)  # the last token of the budget comes from the target alone
+        guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g, sampling, generator)
+        block = torch.cat([tokens[:, length - 1:length], guesses], dim=1)
+        p = warp(step(target, target_memory, target_table, block, target_cache), sampling)
+        n, next_dist = accept(p, q, guesses, torch.rand(guesses.shape, generator=generator, device=device))
+        ended = ((guesses == eos) & (torch.arange(g, device=device) < n[:, None])).any(1)
+        m = int(n.masked_fill(done | ended, g).min())
+        after = guesses[:, m] if m < g else torch.zeros_like(n)
+        kept = torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, generator))[:, None]], dim=1)
+        record(stats, guesses, n, p, q, done)
+        kept = finish(kept, done, eos, pad)
+        stats.rounds[-1].kept = kept.tolist()
+        tokens[:, length:length + m + 1] = kept
+        length += m + 1
+        target_cache.truncate(length - 1)
+        draft_cache.truncate(min(draft_cache.length, length - 1))
+    return trim(tokens[:, 1:length], pad), stats
+
+
+def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch.Tensor, cache: KVCache,
+            tokens: torch.Tensor, g: int, sampling: Sampling,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draft's g guesses (rows, g) and their distributions (rows, g, vocab), one step each.
+
+    The first step also feeds whatever the draft has not seen yet: the last token, and the last
+    guess of a round in which every guess stood.
+    """
+    ids, guesses, q = tokens[:, cache.length:], [], []
+    for _ in range(g):
+        q.append(warp(step(draft, memory, table, ids, cache)[:, -1], sampling))
+        guesses.append(draw(q[-1], generator))
+        ids = guesses[-1][:, None]
+    if not guesses:
+        empty = torch.zeros((tokens.shape[0], 0), dtype=tokens.dtype, device=tokens.device)
+        return empty, torch.zeros((tokens.shape[0], 0, draft.config.vocab_size), device=tokens.device)
+    return torch.stack(guesses, 1), torch.stack(q, 1)
+
+
+def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+           done: torch.Tensor) -> None:
+    """Add a round to ``stats``: the guesses, n, and β of each judged guess of the rows still decoding."""
+    g = guesses.shape[1]
+    judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None]
+    stats.betas += acceptance_rate(p[:, :g], q)[judged].tolist()
+    stats.rounds.append(Round(guesses.tolist(), n.tolist(), []))
+
+
+def trim(tokens: torch.Tensor, pad: int) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row."""
+    real = (tokens != pad).any(0).nonzero()
+    return tokens[:, :int(real[-1]) + 1] if len(real) else tokens[:, :0]
+
+
+@torch.inference_mode()
+def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, sampling: Sampling = Sampling(),
+                   max_new_tokens: int = 120, pad: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The target alone, one token per step from the start token on the same pass and cache: greedy at
+    temperature 0, else sampling with the same warpers (the baseline speculative decoding must match)."""
+    rows = memory.keys[0].shape[0]
+    start = torch.full((rows, 1), model.config.decoder_start_token_id, device=model.device)
+    pick = None if sampling.temperature == 0 else (lambda logits: draw(warp(logits, sampling), generator))
+    tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad, pick)
+    return trim(tokens, pad)
+
+
+def check_request(target, draft, tokenizer, documents, gamma: int, sampling: Sampling, max_new_tokens: int,
+                  draft_tokenizer=None) -> None:
+    """Every ``ValueError`` of :func:`speculative_generate_ids`, before any work."""
+    check_pair(target, draft, tokenizer, draft_tokenizer)
+    check_documents(documents)
+    check_speculation(gamma, max_new_tokens)
+    if not isinstance(sampling, Sampling):
+        raise ValueError(f"sampling must be a pidutils.speculative.Sampling, got {type(sampling).__name__}")
+
+
+def speculative_generate_ids(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
+                             tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], gamma: int = 5,
+                             sampling: Sampling = Sampling(), max_new_tokens: int = 120, seed: int = 0,
+                             truncation: bool = False,
+                             draft_tokenizer: PreTrainedTokenizerFast | None = None) -> tuple[torch.Tensor, Stats]:
+    """Speculative decoding end to end: each model encodes the documents once, then the rounds run.
+
+    ``seed`` seeds the draws and the uniforms r_i, so a sampled run repeats exactly.
+    """
+    check_request(target, draft, tokenizer, documents, gamma, sampling, max_new_tokens, draft_tokenizer)
+    generator = torch.Generator(device=target.device).manual_seed(seed)
+    memories = [document_memory(m, tokenizer, documents, truncation) for m in (target, draft)]
+    return speculative_decode(target, draft, *memories, gamma, sampling, max_new_tokens, tokenizer.pad_token_id,
+                              generator)
+
+
+def speculative_generate(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
+                         tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], gamma: int = 5,
+                         sampling: Sampling = Sampling(), max_new_tokens: int = 120, seed: int = 0,
+                         truncation: bool = False) -> list[str]:
+    """Each document's output as text."""
+    tokens, _ = speculative_generate_ids(target, draft, tokenizer, documents, gamma, sampling, max_new_tokens,
+                                         seed, truncation)
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+# --- Checking the output distribution (chapter 5's sampling test) ---------------------------------------
+
+def first_two_distribution(model: T5ForConditionalGeneration, memory: CrossMemory, sampling: Sampling) -> torch.Tensor:
+    """The exact probability of each first two tokens (t1, t2) under the warped model, for one
+    encoded document: a (vocab·vocab,) tensor indexed t1·vocab + t2. After ``</s>`` comes ``pad``."""
+    vocab, eos, pad = model.config.vocab_size, model.config.eos_token_id, model.config.pad_token_id
+    ids = torch.stack([torch.full((vocab,), model.config.decoder_start_token_id), torch.arange(vocab)], 1)
+    ids = ids.to(model.device)
+    with torch.inference_mode():
+        logits = decoder_forward(model, ids, memory.repeated(vocab), causal_bias(bias_table(model), 0, 2, torch.ones_like(ids, dtype=torch.bool)))
+    first, second = warp(logits[0, 0], sampling), warp(logits[:, 1], sampling)
+    joint = first[:, None] * second
+    joint[eos] = 0
+    joint[eos, pad] = first[eos]
+    return joint.flatten()
+
+
+def first_two_index(tokens: torch.Tensor, vocab: int, pad: int) -> torch.Tensor:
+    """Each row's first two tokens as t1·vocab + t2 (a missing token counts as ``pad``)."""
+    padded = F.pad(tokens[:, :2], (0, max(0, 2 - tokens.shape[1])), value=pad)
+    return padded[:, 0] * vocab + padded[:, 1]
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int, float]:
+    """Pearson's goodness-of-fit test of ``counts`` against ``probs``: (statistic, degrees of freedom,
+    p-value). Cells expected fewer than ``min_expected`` times are pooled into one, as the χ²
+    approximation asks; a count in a cell of probability zero gives p-value 0."""
+    counts, probs = counts.double(), probs.double().cpu()
+    counts = counts.cpu()
+    if bool((counts[probs == 0] > 0).any()):
+        return float("inf"), 0, 0.0
+    expected = probs * counts.sum()
+    small = expected < min_expected
+    observed = torch.cat([counts[~small], counts[small].sum()[None]])
+    expected = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = expected > 0
+    statistic = float(((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    df = int(keep.sum()) - 1
+    return statistic, df, float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(statistic / 2)))
