@@ -214,3 +214,67 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
               f"{result['delta_t'][d]['steps']:.1f} steps per dialogue")
     return result
 
+
+
+@experiment("speculative")
+def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
+                         gammas: tuple[int, ...] = tuple(range(1, 9)), temperatures: tuple[float, ...] = (0.0, 1.0),
+                         ngram_dialogues: int = 2000) -> dict:
+    """Target-only against speculative decoding for each γ, at T = 0 and T = 1, on the same test
+    dialogues one at a time (chapter 5).
+
+    Whole requests (both encoders included) and the decoding phase alone; the measured α, c and
+    speed-up beside the speed-up the paper's formula predicts from them; Hugging Face's assisted
+    generation on the same pair and γ; and α of unigram and bigram drafts beside the trained draft.
+    """
+    from .cost import speculative_speedup
+    from .pair import alpha, alpha_table, jga, load_pair, runs, step_costs, verify_cost
+    from .speculative import Sampling
+    pair = load_pair(device, dialogues)
+    n = len(pair.documents)
+    result = {"experiment": "speculative",
+              "setup": describe(device, pair.target.dtype, target="seq-t5-deep", draft="seq-t5-tiny", dialogues=n, b=1)}
+    print(result["setup"])
+    costs = result["costs"] = step_costs(pair)
+    print(f"step: target {costs['target_step'] * 1e3:.2f} ms, draft {costs['draft_step'] * 1e3:.2f} ms, "
+          f"c = {costs['c']:.3f} (target/draft {1 / costs['c']:.1f}x); encoders: target "
+          f"{costs['target_encoder'] * 1e3:.1f} ms, draft {costs['draft_encoder'] * 1e3:.1f} ms")
+    result["jga"] = jga(pair)
+    print(f"JGA alone: target {result['jga']['target']:.3f}, draft {result['jga']['draft']:.3f}")
+    result["verify_cost"] = {g: verify_cost(pair, g) for g in gammas}
+    print("a target pass over γ+1 tokens, in target steps: " +
+          ", ".join(f"γ={g}: {v:.2f}" for g, v in result["verify_cost"].items()))
+    result["by_temperature"] = {}
+    for temperature in temperatures:
+        sampling = Sampling(temperature)
+        whole = compare(runs(pair, gammas, sampling), device, warmup=1, repeats=repeats)
+        phase = compare(runs(pair, gammas, sampling, decoding_only=True), device, warmup=1, repeats=repeats)
+        rows = {}
+        for g in gammas:
+            a, per_round = alpha(pair, g, sampling)
+            key = f"speculative γ={g}"
+            rows[g] = {"alpha": a, "tokens_per_round": per_round,
+                       "predicted": speculative_speedup(a, g, costs["c"]),
+                       "end_to_end": speedup(whole["target"], whole[key]),
+                       "decoding_phase": speedup(phase["target"], phase[key]),
+                       "vs_hf_assisted": speedup(whole[f"HF assisted γ={g}"], whole[key]),
+                       "hf_assisted_vs_target": speedup(whole["target"], whole[f"HF assisted γ={g}"]),
+                       "ms_per_dialogue": whole[key].median / n * 1e3}
+            row = rows[g]
+            row["of_predicted"] = row["end_to_end"] / row["predicted"]
+            row["decoding_of_predicted"] = row["decoding_phase"] / row["predicted"]
+            print(f"T={temperature:g} γ={g}: α {a:.3f}, {per_round:.2f} tokens/round | speed-up end to end "
+                  f"{row['end_to_end']:.2f}x, decoding phase {row['decoding_phase']:.2f}x, predicted "
+                  f"{row['predicted']:.2f}x ({row['of_predicted']:.0%} / {row['decoding_of_predicted']:.0%}) | "
+                  f"vs HF assisted {row['vs_hf_assisted']:.2f}x (HF assisted vs target "
+                  f"{row['hf_assisted_vs_target']:.2f}x)")
+        best = max(rows, key=lambda g: rows[g]["end_to_end"])
+        result["by_temperature"][temperature] = {"target_ms_per_dialogue": whole["target"].median / n * 1e3,
+                                                 "by_gamma": rows, "best_gamma": best}
+        print(f"T={temperature:g}: target alone {whole['target'].median / n * 1e3:.1f} ms per dialogue; best γ = "
+              f"{best}: {rows[best]['end_to_end']:.2f}x end to end, {rows[best]['of_predicted']:.0%} of predicted, "
+              f"{rows[best]['vs_hf_assisted']:.2f}x HF assisted")
+    result["alpha_table"] = {t: alpha_table(pair, Sampling(t), ngram_dialogues) for t in temperatures}
+    for t, table in result["alpha_table"].items():
+        print(f"α at T={t:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items()))
+    return result

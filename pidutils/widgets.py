@@ -1,6 +1,6 @@
 """Slider panels whose callback is a plain Python function (used by every chapter's measurements).
 
-Moving a slider calls ``callback(**values)``. Tests and readers without a browser do the same by
+Moving a slider, or picking one of a row of choices, calls ``callback(**values)``. Tests and readers without a browser do the same by
 setting ``panel.controls[name].value`` or by calling ``panel.callback`` directly.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ from .checks import check_int
 
 @dataclass
 class Panel:
-    """Sliders, the function they drive, and the box that shows them."""
+    """Sliders (and choices), the function they drive, and the box that shows them."""
 
-    controls: dict[str, widgets.IntSlider]
+    controls: dict[str, widgets.ValueWidget]
     callback: Callable[..., object]
     box: widgets.VBox
 
-    def values(self) -> dict[str, int]:
-        """The sliders' current values, by name."""
+    def values(self) -> dict[str, object]:
+        """The controls' current values, by name."""
         return {name: c.value for name, c in self.controls.items()}
 
     def _ipython_display_(self) -> None:
@@ -30,26 +30,38 @@ class Panel:
         display(self.box)
 
 
-def slider_panel(callback: Callable[..., object], **ranges: tuple[int, int, int, int]) -> Panel:
-    """A panel with one integer slider per keyword: ``name=(min, max, step, value)``.
+def slider_panel(callback: Callable[..., object], **ranges: tuple[int, int, int, int] | list) -> Panel:
+    """A panel with one integer slider per keyword given as ``name=(min, max, step, value)``, and one
+    row of buttons per keyword given as a list of choices, ``name=[first, second, ...]`` (the first
+    is picked).
 
-    The callback runs whenever a slider is released at a new value (``continuous_update=False``),
-    with every slider's value as keyword arguments.
+    The callback runs whenever a slider is released at a new value (``continuous_update=False``) or
+    another choice is picked, with every control's value as keyword arguments.
     """
     if not ranges:
         raise ValueError("ranges must define at least one slider, as name=(min, max, step, value)")
-    controls = {}
-    for name, (low, high, step, value) in ranges.items():
-        check_int(f"{name} min", low, 0)
-        check_int(f"{name} max", high, low)
-        check_int(f"{name} step", step, 1)
-        check_int(f"{name} value", value, low, high)
-        controls[name] = widgets.IntSlider(value=value, min=low, max=high, step=step,
-                                           description=name, continuous_update=False)
+    controls = {name: choice_buttons(name, spec) if isinstance(spec, list) else int_slider(name, *spec)
+                for name, spec in ranges.items()}
     panel = Panel(controls, callback, widgets.VBox(list(controls.values())))
     for control in controls.values():
         control.observe(lambda change: callback(**panel.values()), names="value")
     return panel
+
+
+def int_slider(name: str, low: int, high: int, step: int, value: int) -> widgets.IntSlider:
+    """A labelled integer slider that reports only when released."""
+    check_int(f"{name} min", low, 0)
+    check_int(f"{name} max", high, low)
+    check_int(f"{name} step", step, 1)
+    check_int(f"{name} value", value, low, high)
+    return widgets.IntSlider(value=value, min=low, max=high, step=step, description=name, continuous_update=False)
+
+
+def choice_buttons(name: str, options: list) -> widgets.ToggleButtons:
+    """A labelled row of buttons, one per option, the first picked."""
+    if not options:
+        raise ValueError(f"{name} must list at least one choice")
+    return widgets.ToggleButtons(options=options, value=options[0], description=name)
 
 
 def latency_panel(measure: Callable[..., tuple[float, float]], plot, series: str, x: str,

@@ -153,3 +153,44 @@ def test_pipelined_steps_match_the_scheduled_decoder():
             step = pl.scripted_step([script], delta_t, eos=1, vocab_size=20)
             schedule = pl.algorithm1(step, 1, delta_t, time_max=200, sub_max=50, bos=0, eos=1, pad=0)[0]
             assert schedule.steps == cost.pipelined_steps([len(s) for s in script], delta_t)
+
+
+def test_speculative_formulas_by_hand():
+    # α = 0.5, γ = 2: 1 + 0.5 + 0.25 = 1.75 tokens per round; c = 0.25: 1.75 / 1.5 = 7/6
+    assert cost.expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert cost.speculative_speedup(0.5, 2, 0.25) == pytest.approx(7 / 6)
+    # α = 0.8, γ = 5: (1 - 0.8^6) / 0.2 = 3.68928; c = 0.1: / 1.5 = 2.45952
+    assert cost.expected_tokens(0.8, 5) == pytest.approx(3.68928)
+    assert cost.speculative_speedup(0.8, 5, 0.1) == pytest.approx(2.45952)
+    # α = 0: every guess falls, one token per round; α = 1: all γ stand, plus one
+    assert cost.expected_tokens(0.0, 7) == 1.0 and cost.expected_tokens(1.0, 7) == 8.0
+    # the paper's Table 2 rows, T5-XXL with T5-small (c ≈ 0.02 was not printed; the speed-up
+    # formula at their α and γ with c = 0 bounds the printed 3.4x from above)
+    assert cost.speculative_speedup(0.75, 7, 0.0) == pytest.approx((1 - 0.75 ** 8) / 0.25)
+    assert cost.speculative_speedup(0.75, 7, 0.0) > 3.4
+
+
+def test_best_gamma_by_hand():
+    # α = 0.5, c = 0.25: γ=1 1.5/1.25 = 1.2, γ=2 1.75/1.5 = 1.1667, γ=3 1.875/1.75 < that: best 1
+    assert cost.best_gamma(0.5, 0.25) == 1
+    # α = 0.9, c = 0.05: γ=12 (1 - 0.9^13)/0.1 / 1.6 = 7.45813/1.6 = 4.66133, γ=13 7.71232/1.65 = 4.67413,
+    # γ=14 7.94109/1.7 = 4.67123
+    assert cost.speculative_speedup(0.9, 12, 0.05) == pytest.approx(4.66133, abs=1e-5)
+    assert cost.speculative_speedup(0.9, 13, 0.05) == pytest.approx(4.67413, abs=1e-5)
+    assert cost.speculative_speedup(0.9, 14, 0.05) == pytest.approx(4.67123, abs=1e-5)
+    assert cost.best_gamma(0.9, 0.05) == 13
+    # a free draft and a perfect one: the longest γ allowed
+    assert cost.best_gamma(1.0, 0.0, max_gamma=12) == 12
+    # a draft that costs as much as the target is never worth it: γ = 1 is the least bad
+    assert cost.best_gamma(0.9, 1.0) == 1
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cost.expected_tokens(1.5, 3), "alpha must be in"),
+    (lambda: cost.expected_tokens(0.5, 0), "gamma must be in"),
+    (lambda: cost.speculative_speedup(0.5, 3, -0.1), "c must be in"),
+    (lambda: cost.best_gamma(0.5, 0.1, max_gamma=0), "max_gamma must be in"),
+])
+def test_speculative_formulas_refuse_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -15,6 +15,15 @@ def test_setting_a_slider_calls_the_callback_with_all_values():
     assert panel.values() == {"U": 12, "gamma": 2}
 
 
+def test_a_row_of_choices_calls_the_callback_too():
+    seen = []
+    panel = widgets.slider_panel(lambda **v: seen.append(v), gamma=(1, 8, 1, 4), temperature=[0.0, 1.0])
+    assert panel.values() == {"gamma": 4, "temperature": 0.0}
+    panel.controls["temperature"].value = 1.0
+    panel.controls["gamma"].value = 6
+    assert seen == [{"gamma": 4, "temperature": 1.0}, {"gamma": 6, "temperature": 1.0}]
+
+
 def test_chapter1_latency_panel_measures_and_plots(tiny_model):
     roof = bench.measure_device("cpu", size=128, megabytes=8)
     live = plots.LivePlot(xlabel="generated tokens")
@@ -45,6 +54,7 @@ def test_roofline_figure_has_the_points():
     (lambda: widgets.slider_panel(print), "ranges must define"),
     (lambda: widgets.slider_panel(print, U=(1, 30, 1, 0)), "U value must be in"),
     (lambda: widgets.slider_panel(print, U=(5, 1, 1, 3)), "U max must be in"),
+    (lambda: widgets.slider_panel(print, T=[]), "T must list at least one choice"),
     (lambda: widgets.latency_panel(print, None, "s", "V", U=(1, 3, 1, 1)), "x must name one of"),
 ])
 def test_bad_input(call, match):

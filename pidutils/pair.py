@@ -1,0 +1,231 @@
+"""The speculative pair, measured side by side (chapter 5).
+
+One place loads the target (``seq-t5-deep``), the draft (``seq-t5-tiny``) and test dialogues of
+chapter 4's full-state task (:func:`load_pair`), builds each way of answering them as a
+no-argument function to time (:func:`runs`), measures the cost ratio c of a draft step over a
+target step (:func:`step_costs`), and the acceptance rate α of the trained draft and of unigram
+and bigram drafts (:func:`alpha_table`). Chapter 5 and ``python -m pidutils.bench speculative``
+use it, so the book and the command agree.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+from .bench import time_fn
+from .checks import check_int
+from .data import full_state_view, make_split, parse_state
+from .metrics import joint_goal_accuracy
+from .pipelined import SEQUENTIAL_SEPARATOR, document_memory, sequential_generate
+from .speculative import (Sampling, acceptance_rate, autoregressive, check_pair, speculative_decode,
+                          speculative_generate_ids, trim, warp)
+from .t5 import KVCache, bias_table, causal_bias, decoder_forward
+
+MAX_NEW_TOKENS = 120  # the longest test state is about 80 tokens
+TARGET, DRAFT = "seq-t5-deep", "seq-t5-tiny"
+
+
+@dataclass
+class Pair:
+    """The target and the draft (one tokenizer), and ``n`` test dialogues with their gold states."""
+
+    target: T5ForConditionalGeneration
+    draft: T5ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    documents: list[str]
+    gold: list[list[str]]
+
+    @property
+    def pad(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def select(self, start: int, stop: int) -> "Pair":
+        """The same models on dialogues ``start`` to ``stop - 1``."""
+        return Pair(self.target, self.draft, self.tokenizer, self.documents[start:stop], self.gold[start:stop])
+
+
+def load_pair(device: torch.device | str = "cpu", dialogues: int = 30) -> Pair:
+    """``seq-t5-deep`` and ``seq-t5-tiny`` on ``device``, and the first ``dialogues`` test dialogues."""
+    from . import zoo
+    check_int("dialogues", dialogues, 1, 200)
+    target, tokenizer = zoo.load(TARGET, device)
+    draft, _ = zoo.load(DRAFT, device)
+    check_pair(target, draft, tokenizer)
+    split = zoo.test_split(TARGET).select(range(dialogues))
+    view = full_state_view(split)
+    return Pair(target, draft, tokenizer, list(view["document"]), list(split["values"]))
+
+
+def target_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, documents: list[str],
+                        sampling: Sampling = Sampling(), max_new_tokens: int = MAX_NEW_TOKENS,
+                        seed: int = 0) -> torch.Tensor:
+    """The target alone, end to end: encode, then one token per step (:func:`pidutils.speculative.autoregressive`)."""
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    memory = document_memory(model, tokenizer, documents)
+    return autoregressive(model, memory, sampling, max_new_tokens, tokenizer.pad_token_id, generator)
+
+
+def hugging_face_assisted(pair: Pair, documents: list[str], gamma: int, sampling: Sampling) -> torch.Tensor:
+    """Hugging Face's assisted generation on the same pair, γ and warpers (its default top_k = 50 off)."""
+    encoded = pair.tokenizer(documents, return_tensors="pt").to(pair.target.device)
+    warpers = ({"do_sample": False} if sampling.temperature == 0 else
+               {"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p})
+    with torch.inference_mode():
+        return pair.target.generate(**encoded, assistant_model=pair.draft, num_assistant_tokens=gamma,
+                                    num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0,
+                                    max_new_tokens=MAX_NEW_TOKENS, **warpers)
+
+
+def runs(pair: Pair, gammas: Sequence[int], sampling: Sampling = Sampling(), decoding_only: bool = False,
+         hugging_face: bool = True) -> dict[str, Callable[[], object]]:
+    """No-argument functions that answer every dialogue one at a time (b = 1), each way.
+
+    End to end (encoders included): ``target`` alone, ``speculative γ=g`` for each γ, and Hugging
+    Face's assisted generation ``HF assisted γ=g``. With ``decoding_only=True``: the target and
+    speculative decoding after the encoders, whose output is computed beforehand.
+    """
+    for gamma in gammas:
+        check_int("gamma", gamma, 1)
+    one = [[d] for d in pair.documents]
+    if decoding_only:
+        memories = [(document_memory(pair.target, pair.tokenizer, d), document_memory(pair.draft, pair.tokenizer, d))
+                    for d in one]
+        ways = {"target": lambda: [autoregressive(pair.target, mt, sampling, MAX_NEW_TOKENS, pair.pad)
+                                   for mt, _ in memories]}
+        for g in gammas:
+            ways[f"speculative γ={g}"] = lambda g=g: [
+                speculative_decode(pair.target, pair.draft, mt, md, g, sampling, MAX_NEW_TOKENS, pair.pad)
+                for mt, md in memories]
+        return ways
+    ways = {"target": lambda: [target_generate_ids(pair.target, pair.tokenizer, d, sampling) for d in one]}
+    for g in gammas:
+        ways[f"speculative γ={g}"] = lambda g=g: [
+            speculative_generate_ids(pair.target, pair.draft, pair.tokenizer, d, g, sampling, MAX_NEW_TOKENS)
+            for d in one]
+        if hugging_face:
+            ways[f"HF assisted γ={g}"] = lambda g=g: [hugging_face_assisted(pair, d, g, sampling) for d in one]
+    return ways
+
+
+def alpha(pair: Pair, gamma: int, sampling: Sampling = Sampling(), seed: int = 0) -> tuple[float, float]:
+    """α (mean β of the judged guesses) and tokens per round of speculative decoding, over the dialogues at b = 1."""
+    betas, kept, rounds = [], 0, 0
+    for document in pair.documents:
+        _, stats = speculative_generate_ids(pair.target, pair.draft, pair.tokenizer, [document], gamma, sampling,
+                                            MAX_NEW_TOKENS, seed)
+        betas += stats.betas
+        kept += sum(len(r.kept[0]) for r in stats.rounds)
+        rounds += len(stats.rounds)
+    return sum(betas) / len(betas), kept / rounds
+
+
+# --- Costs: a draft step, a target step, a verification pass --------------------------------------------
+
+def step_costs(pair: Pair, index: int = 0, repeats: int = 5) -> dict[str, float]:
+    """Seconds per token of the target and of the draft decoding alone (greedy, one dialogue, after
+    the encoders), their ratio c, and each encoder's seconds."""
+    document = [pair.documents[index]]
+    costs = {}
+    for name, model in (("target", pair.target), ("draft", pair.draft)):
+        costs[f"{name}_encoder"] = time_fn(lambda m=model: document_memory(m, pair.tokenizer, document),
+                                           model.device, warmup=1, repeats=repeats).median
+        memory = document_memory(model, pair.tokenizer, document)
+        tokens = autoregressive(model, memory, Sampling(), MAX_NEW_TOKENS, pair.pad).shape[1]
+        decode = time_fn(lambda m=model, mem=memory: autoregressive(m, mem, Sampling(), MAX_NEW_TOKENS, pair.pad),
+                         model.device, warmup=1, repeats=repeats)
+        costs[f"{name}_step"] = decode.median / tokens
+    costs["c"] = costs["draft_step"] / costs["target_step"]
+    return costs
+
+
+def verify_cost(pair: Pair, gamma: int, index: int = 0, context: int = 30, repeats: int = 20) -> float:
+    """A target pass over γ+1 tokens, in target steps of one token, after ``context`` cached tokens.
+
+    The paper's speed-up formula takes it as 1; on a CPU it grows with γ.
+    """
+    check_int("gamma", gamma, 1)
+    model = pair.target
+    memory = document_memory(model, pair.tokenizer, [pair.documents[index]])
+    cache, table = KVCache.empty(model, 1, context + gamma + 1), bias_table(model)
+    ids = torch.full((1, context + gamma + 1), 5, device=model.device)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    with torch.inference_mode():
+        decoder_forward(model, ids[:, :context], memory, causal_bias(table, 0, context, valid[:, :context]), cache)
+
+    def extend(new: int) -> None:
+        with torch.inference_mode():
+            decoder_forward(model, ids[:, context:context + new], memory,
+                            causal_bias(table, context, new, valid[:, :context + new]), cache)
+        cache.truncate(context)
+
+    one = time_fn(lambda: extend(1), model.device, warmup=2, repeats=repeats).median
+    block = time_fn(lambda: extend(gamma + 1), model.device, warmup=2, repeats=repeats).median
+    return block / one
+
+
+# --- α: the trained draft against unigram and bigram drafts ------------------------------------------------
+
+def training_targets(tokenizer: PreTrainedTokenizerFast, dialogues: int = 2000) -> list[list[int]]:
+    """Token ids of the first ``dialogues`` training targets (the full state as one sequence, </s> ended)."""
+    from . import zoo
+    recipe = zoo.RECIPES[TARGET]
+    split = make_split("train", train=recipe.train_dialogues, seed=recipe.seed).select(range(dialogues))
+    texts = [SEQUENTIAL_SEPARATOR.join(s) for s in full_state_view(split)["subsequences"]]
+    return tokenizer(texts)["input_ids"]
+
+
+def ngram_logits(sequences: list[list[int]], vocab: int, order: int, start: int) -> torch.Tensor:
+    """Log-probabilities of a unigram (``order=1``: (vocab,)) or bigram (``order=2``: (vocab, vocab),
+    row = previous token, the start token first) model of ``sequences``, add-one smoothed."""
+    check_int("order", order, 1, 2)
+    counts = torch.ones((vocab,) * order)
+    for ids in sequences:
+        if order == 1:
+            counts += torch.bincount(torch.tensor(ids), minlength=vocab)
+        else:
+            previous = torch.tensor([start] + ids[:-1])
+            counts.index_put_((previous, torch.tensor(ids)), torch.ones(len(ids)), accumulate=True)
+    return (counts / counts.sum(-1, keepdim=True)).log()
+
+
+def logits_along(model: T5ForConditionalGeneration, memory, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits at every position of ``tokens`` (1, L), teacher-forced after the start token."""
+    ids = torch.cat([torch.full_like(tokens[:, :1], model.config.decoder_start_token_id), tokens[:, :-1]], 1)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    with torch.inference_mode():
+        return decoder_forward(model, ids, memory, causal_bias(bias_table(model), 0, ids.shape[1], valid))
+
+
+def alpha_table(pair: Pair, sampling: Sampling = Sampling(), ngram_dialogues: int = 2000) -> dict[str, float]:
+    """α = E[β] of three drafts along the target's own output on the dialogues (the paper's α table).
+
+    At each position of the target's greedy output, β = Σ min(p, q) between the target's warped
+    distribution and each draft's: the trained draft, and unigram and bigram models of the
+    training targets. At temperature 0, β is 1 where the argmaxes agree and 0 elsewhere.
+    """
+    vocab, start = pair.target.config.vocab_size, pair.target.config.decoder_start_token_id
+    sequences = training_targets(pair.tokenizer, ngram_dialogues)
+    unigram, bigram = ngram_logits(sequences, vocab, 1, start), ngram_logits(sequences, vocab, 2, start)
+    betas: dict[str, list[torch.Tensor]] = {"unigram": [], "bigram": [], "trained draft": []}
+    for document in pair.documents:
+        memory = document_memory(pair.target, pair.tokenizer, [document])
+        tokens = trim(autoregressive(pair.target, memory, Sampling(), MAX_NEW_TOKENS, pair.pad), pair.pad)
+        p = warp(logits_along(pair.target, memory, tokens)[0], sampling)
+        previous = torch.cat([torch.tensor([start], device=tokens.device), tokens[0, :-1]]).cpu()
+        q = {"unigram": unigram.expand(len(previous), -1), "bigram": bigram[previous],
+             "trained draft": logits_along(pair.draft, document_memory(pair.draft, pair.tokenizer, [document]),
+                                           tokens)[0].cpu()}
+        for name, logits in q.items():
+            betas[name].append(acceptance_rate(p.cpu(), warp(logits, sampling)))
+    return {name: float(torch.cat(b).mean()) for name, b in betas.items()}
+
+
+def jga(pair: Pair) -> dict[str, float]:
+    """Joint goal accuracy of the target and of the draft, each decoding greedily alone."""
+    return {name: joint_goal_accuracy([parse_state(s) for s in sequential_generate(model, pair.tokenizer,
+                                                                                 pair.documents, MAX_NEW_TOKENS)],
+                                      pair.gold)
+            for name, model in (("target", pair.target), ("draft", pair.draft))}
