@@ -9,11 +9,13 @@ use it, so the book and the command agree.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from .bench import time_fn
 from .checks import check_int
@@ -69,14 +71,65 @@ def target_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrained
 
 
 def hugging_face_assisted(pair: Pair, documents: list[str], gamma: int, sampling: Sampling) -> torch.Tensor:
-    """Hugging Face's assisted generation on the same pair, γ and warpers (its default top_k = 50 off)."""
+    """Hugging Face's assisted generation on the same pair, γ and warpers (its default top_k = 50 off).
+
+    γ, its constant schedule and the confidence threshold are read from the *draft's* generation
+    config (:func:`assistant_settings`); passed to the target's ``generate``, as its documentation's
+    examples do, they would leave the draft at its defaults: 20 guesses cut short by a confidence
+    threshold of 0.4, another algorithm.
+    """
     encoded = pair.tokenizer(documents, return_tensors="pt").to(pair.target.device)
     warpers = ({"do_sample": False} if sampling.temperature == 0 else
                {"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p})
-    with torch.inference_mode():
-        return pair.target.generate(**encoded, assistant_model=pair.draft, num_assistant_tokens=gamma,
-                                    num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0,
-                                    max_new_tokens=MAX_NEW_TOKENS, **warpers)
+    with (torch.inference_mode(), decoder_depth_as_cache_depth(pair.target, pair.draft), errors_only(),
+          assistant_settings(pair.draft, num_assistant_tokens=gamma, num_assistant_tokens_schedule="constant",
+                             assistant_confidence_threshold=0.0)):
+        return pair.target.generate(**encoded, assistant_model=pair.draft, max_new_tokens=MAX_NEW_TOKENS, **warpers)
+
+
+@contextlib.contextmanager
+def assistant_settings(draft: T5ForConditionalGeneration, **settings: object) -> Iterator[None]:
+    """Inside the block, the draft's generation config holds ``settings``; restored after."""
+    config = draft.generation_config
+    saved = {name: getattr(config, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(config, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+@contextlib.contextmanager
+def errors_only() -> Iterator[None]:
+    """Silence transformers' warnings inside the block: its assisted generation warns, once per
+    process, about arguments it passes to itself."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+@contextlib.contextmanager
+def decoder_depth_as_cache_depth(*models: T5ForConditionalGeneration) -> Iterator[None]:
+    """Inside the block, each model's ``config.num_layers`` is its decoder's depth.
+
+    Hugging Face's ``generate`` (transformers 5.15 to 5.23 at least) sizes a T5's KV cache by
+    ``num_hidden_layers``, which for T5 is the *encoder's* depth: a deeper decoder (our target)
+    fails with an IndexError, a shallower one (our draft) fails when its cache is cropped. The
+    modules are built already, so the config entry only sizes the cache; it is restored after.
+    """
+    depths = [m.config.num_layers for m in models]
+    try:
+        for m in models:
+            m.config.num_layers = m.config.num_decoder_layers
+        yield
+    finally:
+        for m, depth in zip(models, depths):
+            m.config.num_layers = depth
 
 
 def runs(pair: Pair, gammas: Sequence[int], sampling: Sampling = Sampling(), decoding_only: bool = False,
@@ -229,3 +282,35 @@ def jga(pair: Pair) -> dict[str, float]:
                                                                                  pair.documents, MAX_NEW_TOKENS)],
                                       pair.gold)
             for name, model in (("target", pair.target), ("draft", pair.draft))}
+
+
+def trace(pair: Pair, index: int, gamma: int, sampling: Sampling = Sampling(),
+          seed: int = 0) -> list[tuple[list[str], int, str]]:
+    """One dialogue's rounds as text, for :func:`pidutils.plots.speculative_trace`: each round's
+    guesses, how many stood, and the target's own token (the correction, or the bonus token)."""
+    _, stats = speculative_generate_ids(pair.target, pair.draft, pair.tokenizer, [pair.documents[index]], gamma,
+                                        sampling, MAX_NEW_TOKENS, seed)
+    eos = pair.target.config.eos_token_id
+    text = lambda token: pair.tokenizer.decode([token]).strip() or pair.tokenizer.convert_ids_to_tokens(token)
+    rounds = []
+    for r in stats.rounds:
+        guesses, stood = r.guesses[0], r.standing[0]
+        if eos in guesses[:stood]:  # the output ends inside the run: nothing after its </s>
+            stood = guesses.index(eos) + 1
+            rounds.append(([text(t) for t in guesses[:stood]], stood, ""))
+        else:
+            rounds.append(([text(t) for t in guesses], stood, text(r.kept[0][-1])))
+    return rounds
+
+
+def disagreements(pair: Pair) -> list[int]:
+    """The dialogues on which the target's and the draft's greedy outputs differ: the only places a
+    greedy guess can fall."""
+    outputs = [rows_without_padding(autoregressive(m, document_memory(m, pair.tokenizer, pair.documents), Sampling(),
+                                           MAX_NEW_TOKENS, pair.pad), pair.pad) for m in (pair.target, pair.draft)]
+    return [i for i, (a, b) in enumerate(zip(*outputs)) if a != b]
+
+
+def rows_without_padding(tokens: torch.Tensor, pad: int) -> list[list[int]]:
+    """Each row's tokens without the padding after its end."""
+    return [[t for t in row if t != pad] for row in tokens.tolist()]

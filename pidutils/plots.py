@@ -242,3 +242,45 @@ def speedup_curve(measured: dict[int, float], predicted: dict[int, float], xlabe
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+TRACE_COLORS = {"stood": "#b7e4c7", "fell": "#f4a6a6", "unjudged": "#e9ecef", "target": "#a5c8f0"}
+
+
+def speculative_trace(rounds: list[tuple[list[str], int, str]], title: str = "", width: float = 11.0) -> plt.Figure:
+    """The paper's Figure 1 for one output: a line per round, the draft's guesses in green where they
+    stood and in red (struck out) where the first fell, later guesses grey (never judged), and the
+    target's own token in blue (chapter 5).
+
+    ``rounds[k]`` is (the round's guesses as text, how many stood, the target's token as text); a
+    line wraps when it would pass ``width`` inches.
+    """
+    char, height = 0.075, 0.34
+    lines: list[list[tuple[str, str]]] = []
+    for guesses, stood, token in rounds:
+        cells = [(g, "stood" if i < stood else "fell" if i == stood else "unjudged") for i, g in enumerate(guesses)]
+        lines.append(cells + ([(token, "target")] if token else []))
+    fig, ax = plt.subplots(figsize=(width, height * len(lines) + 0.9))
+    for y, cells in enumerate(lines):
+        x = 0.0
+        for text, kind in cells:
+            w = char * max(len(text), 1) + 0.12
+            ax.add_patch(plt.Rectangle((x, y + 0.08), w, 0.84, facecolor=TRACE_COLORS[kind], edgecolor="white"))
+            ax.text(x + w / 2, y + 0.5, text, ha="center", va="center", fontsize=8,
+                    color="#7a1f1f" if kind == "fell" else "black")
+            if kind == "fell":
+                ax.plot([x + 0.04, x + w - 0.04], [y + 0.5, y + 0.5], color="#7a1f1f", lw=1)
+            x += w + 0.04
+    ax.set_xlim(0, width - 0.3)
+    ax.set_ylim(len(lines), 0)
+    ax.set_yticks([y + 0.5 for y in range(len(lines))], [f"round {y + 1}" for y in range(len(lines))], fontsize=8)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in TRACE_COLORS.values()]
+    ax.legend(handles, ["guess stood", "guess fell", "guess not judged", "target's token"], fontsize=8,
+              ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title(title, fontsize=10, pad=22)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

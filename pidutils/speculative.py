@@ -74,8 +74,14 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token from each distribution of ``probs`` ``(..., vocab)``."""
+def draw(probs: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token from each distribution of ``probs`` ``(..., vocab)``, warped by ``sampling``.
+
+    At temperature 0 every distribution is one-hot and its argmax is the draw: no random number is
+    used, and the greedy loop skips the sampler's cost.
+    """
+    if sampling.temperature == 0:
+        return probs.argmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
@@ -205,7 +211,7 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
         ended = ((guesses == eos) & (torch.arange(g, device=device) < n[:, None])).any(1)
         m = int(n.masked_fill(done | ended, g).min())
         after = guesses[:, m] if m < g else torch.zeros_like(n)
-        kept = torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, generator))[:, None]], dim=1)
+        kept = torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, sampling, generator))[:, None]], dim=1)
         record(stats, guesses, n, p, q, done)
         kept = finish(kept, done, eos, pad)
         stats.rounds[-1].kept = kept.tolist()
@@ -227,7 +233,7 @@ def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch
     ids, guesses, q = tokens[:, cache.length:], [], []
     for _ in range(g):
         q.append(warp(step(draft, memory, table, ids, cache)[:, -1], sampling))
-        guesses.append(draw(q[-1], generator))
+        guesses.append(draw(q[-1], sampling, generator))
         ids = guesses[-1][:, None]
     if not guesses:
         empty = torch.zeros((tokens.shape[0], 0), dtype=tokens.dtype, device=tokens.device)
@@ -257,7 +263,7 @@ def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, sampl
     temperature 0, else sampling with the same warpers (the baseline speculative decoding must match)."""
     rows = memory.keys[0].shape[0]
     start = torch.full((rows, 1), model.config.decoder_start_token_id, device=model.device)
-    pick = None if sampling.temperature == 0 else (lambda logits: draw(warp(logits, sampling), generator))
+    pick = None if sampling.temperature == 0 else (lambda logits: draw(warp(logits, sampling), sampling, generator))
     tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad, pick)
     return trim(tokens, pad)
 

@@ -17,9 +17,9 @@ def test_checkpoint_loads_with_plain_from_pretrained(name):
     assert {"steps", "wall_seconds", "train_flops", "machine", "validation", "test"} <= set(report)
 
 
-def test_all_checkpoints_together_stay_under_25_mb():
+def test_all_checkpoints_together_stay_under_60_mb():
     size = sum(f.stat().st_size for f in zoo.CHECKPOINTS.rglob("*") if f.is_file())
-    assert size < 25 * 2**20
+    assert size < 60 * 2**20
 
 
 def test_shipped_pid_model_matches_the_copy_reference():
@@ -72,6 +72,24 @@ def test_a_fine_tune_starts_from_its_init_which_must_share_its_shape_and_data():
         initial_model(dataclasses.replace(recipe, d_model=64, train_dialogues=10), [])
     with pytest.raises(ValueError, match="init must be one of"):
         initial_model(dataclasses.replace(recipe, init="t5-small"), [])
+
+
+def test_a_deepened_init_computes_what_its_init_did():
+    import dataclasses
+    from pidutils.zoo.training import initial_model
+    recipe = dataclasses.replace(zoo.RECIPES["pid-t5-tiny"], method="seq", init="pid-t5-tiny", num_decoder_layers=5)
+    model, tokenizer = initial_model(recipe, [])
+    shipped, _ = zoo.load("pid-t5-tiny")
+    assert model.config.num_decoder_layers == 5
+    source = tokenizer(["i need a cheap hotel in the north"], return_tensors="pt")
+    decoder_ids = torch.tensor([[0, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(model(**source, decoder_input_ids=decoder_ids).logits,
+                           shipped(**source, decoder_input_ids=decoder_ids).logits)
+    added = model.get_decoder().block[2:]
+    assert all(float(block.layer[2].DenseReluDense.wi.weight.abs().sum()) > 0 for block in added)  # not zero
+    with pytest.raises(ValueError, match="num_decoder_layers must be at least the init's 2"):
+        initial_model(dataclasses.replace(recipe, num_decoder_layers=1), [])
 
 
 def test_total_training_flops_count_the_init_of_a_fine_tune():
