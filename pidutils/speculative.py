@@ -118,7 +118,8 @@ def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Round:
-    """One round of every row: its guesses, how many stood (n), and the tokens kept (m+1 per row)."""
+    """One round of every row: its guesses, how many stood (n), and the tokens it kept: m+1, or fewer
+    when its output ended (up to its ``</s>``; none in a row that had ended before)."""
 
     guesses: list[list[int]]
     standing: list[int]
@@ -213,8 +214,9 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
         after = guesses[:, m] if m < g else torch.zeros_like(n)
         kept = torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, sampling, generator))[:, None]], dim=1)
         record(stats, guesses, n, p, q, done)
+        stats.rounds[-1].kept = [[] if ended else row[:row.index(eos) + 1] if eos in row else row
+                                 for row, ended in zip(kept.tolist(), done.tolist())]
         kept = finish(kept, done, eos, pad)
-        stats.rounds[-1].kept = kept.tolist()
         tokens[:, length:length + m + 1] = kept
         length += m + 1
         target_cache.truncate(length - 1)

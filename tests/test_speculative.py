@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pidutils import speculative as sp
-from pidutils import t5, zoo
+from pidutils import cost, t5, zoo
 from pidutils.fullstate import load_full_state
 from pidutils.models import random_t5
+from pidutils.pair import Pair, hugging_face_assisted
 from pidutils.pipelined import document_memory
 
 SMALL = dict(initializer_factor=1.0, vocab_size=6, num_layers=1, d_model=32, d_ff=64, d_kv=8, num_heads=4)
@@ -169,25 +170,27 @@ def test_greedy_equals_the_target_on_the_shipped_models(shipped, gamma):
 
 def test_end_of_sequence_inside_a_standing_run(shipped):
     target, _, tokenizer, documents = shipped
-    eos = target.config.eos_token_id
+    eos, pad = target.config.eos_token_id, tokenizer.pad_token_id
     tokens, stats = sp.speculative_generate_ids(target, target, tokenizer, documents[:3], gamma=8)
-    inside = [(i, r) for r in stats.rounds for i, row in enumerate(r.kept) if eos in row[:-1]]
+    inside = [(r, i) for r in stats.rounds for i, (guesses, n) in enumerate(zip(r.guesses, r.standing))
+              if eos in guesses[:n] and r.kept[i]]
     assert inside, "no row ended inside a run of standing guesses"
+    for r, i in inside:  # the row keeps its guesses up to </s>, and nothing after
+        assert r.kept[i] == r.guesses[i][:r.guesses[i].index(eos) + 1]
     assert torch.equal(tokens, sp.autoregressive(target, document_memory(target, tokenizer, documents[:3])))
-    for i, r in inside:  # everything after </s> is padding
-        after = r.kept[i][r.kept[i].index(eos) + 1:]
-        assert set(after) <= {tokenizer.pad_token_id}
+    for row in tokens.tolist():  # everything after </s> is padding
+        assert set(row[row.index(eos) + 1:]) <= {pad}
 
 
-def test_greedy_equals_hugging_face_assisted_generation(shipped):
+@pytest.mark.parametrize("gamma", [1, 5])
+def test_greedy_equals_hugging_face_assisted_generation(shipped, gamma):
     target, draft, tokenizer, documents = shipped
-    encoded = tokenizer(documents[:1], return_tensors="pt")
-    with torch.inference_mode():
-        hf = target.generate(**encoded, assistant_model=draft, num_assistant_tokens=5,
-                             num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0,
-                             do_sample=False, max_new_tokens=120)
-    ours, _ = sp.speculative_generate_ids(target, draft, tokenizer, documents[:1], 5)
-    assert torch.equal(ours, hf[:, 1:])
+    pair = Pair(target, draft, tokenizer, documents[:3], [])
+    for document in pair.documents:
+        hf = hugging_face_assisted(pair, [document], gamma, sp.Sampling())
+        ours, _ = sp.speculative_generate_ids(target, draft, tokenizer, [document], gamma)
+        assert torch.equal(ours, hf[:, 1:])
+    assert draft.generation_config.num_assistant_tokens is None  # its settings are restored
 
 
 # --- Sampling: the output has the target's distribution -------------------------------------------------
@@ -269,3 +272,16 @@ def test_bad_input_is_a_value_error_naming_the_parameter(shipped, random_pair):
     other.add_tokens(["zzz-new-token"])
     with pytest.raises(ValueError, match="tokenizer"):
         sp.speculative_generate_ids(target, draft, tokenizer, documents[:1], draft_tokenizer=other)
+
+
+def test_the_speculative_experiment_reports_every_figure(capsys):
+    from pidutils.experiments import speculative_speedups
+    result = speculative_speedups(torch.device("cpu"), dialogues=2, repeats=1, gammas=(2,), temperatures=(0.0,),
+                                  ngram_dialogues=20)
+    row = result["by_temperature"][0.0]["by_gamma"][2]
+    assert 0 < result["costs"]["c"] < 1 and result["verify_cost"][2] > 0
+    assert 0 <= row["alpha"] <= 1 and 1 <= row["tokens_per_round"] <= 3
+    assert row["predicted"] == pytest.approx(cost.speculative_speedup(row["alpha"], 2, result["costs"]["c"]))
+    assert all(row[k] > 0 for k in ("end_to_end", "decoding_phase", "vs_hf_assisted", "predicted_end_to_end"))
+    assert set(result["alpha_table"][0.0]) == {"unigram", "bigram", "trained draft"}
+    assert "best γ = 2" in capsys.readouterr().out
