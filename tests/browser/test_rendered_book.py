@@ -60,11 +60,26 @@ def saved_outputs(page: str) -> tuple[int, list[str], int]:
         return 0, [], 0
     nb = json.loads(path.read_text())
     figures = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
-    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    state = widget_state(nb)
     live = [o["data"]["image/png"].replace("\n", "") for m in state.values() if m["model_name"] == "OutputModel"
             for o in m["state"]["outputs"][-1:] if "image/png" in o.get("data", {})]
     sliders = sum(m["model_name"] == "IntSliderModel" for m in state.values())
     return figures, live, sliders
+
+
+def saved_choices(page: str) -> list[tuple[str, int, str]]:
+    """From the committed chapter: each row of choice buttons, as (label, number of choices, picked)."""
+    path = ROOT / f"{page}.ipynb"
+    if not path.exists():
+        return []
+    return [(m["state"]["description"], len(m["state"]["_options_labels"]),
+             m["state"]["_options_labels"][m["state"]["index"]])
+            for m in widget_state(json.loads(path.read_text())).values() if m["model_name"] == "ToggleButtonsModel"]
+
+
+def widget_state(nb: dict) -> dict:
+    """The widget models saved with a notebook, by id."""
+    return nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +129,10 @@ LOOK = """() => {
     figure_images: images.filter(i => i.closest('.cell_output') && !i.closest('.widget-subarea')).length,
     widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
     rendered_views: [...document.querySelectorAll('.widget-subarea')].filter(e => e.querySelector('.jupyter-widgets')).length,
+    choices: [...main.querySelectorAll('.widget-toggle-buttons')].map(t => ({
+        label: (t.querySelector('.widget-label') || {}).textContent,
+        buttons: t.querySelectorAll('button').length,
+        picked: [...t.querySelectorAll('button.mod-active')].map(b => b.textContent.trim())})),
     sliders: [...main.querySelectorAll('.widget-slider')].map(s => ({
         label: (s.querySelector('.widget-label') || {}).textContent,
         readout: ((s.querySelector('.widget-readout') || {}).textContent || '').trim(),
@@ -184,6 +203,8 @@ def test_every_slider_panel_renders(report: Report):
     assert len(report.dom["sliders"]) == sliders, f"{report.page}: {sliders} sliders saved in the chapter"
     for slider in report.dom["sliders"]:
         assert slider["label"] and slider["readout"].isdigit() and slider["width"] > 100, (report.page, slider)
+    shown = [(c["label"], c["buttons"], c["picked"]) for c in report.dom["choices"]]
+    assert shown == [(label, n, [picked]) for label, n, picked in saved_choices(report.page)], report.page
 
 
 def test_every_live_plot_shows_its_last_state(report: Report):
