@@ -208,3 +208,17 @@ def test_predicted_latency_counts_the_schedule_of_the_gold_state():
     assert len(lengths) == len(fs.subsequences[0])
     assert fullstate.predicted_latency(fs, 0, 2, encoder_s=0.01, step_s=0.001) == \
         pytest.approx(0.01 + cost.pipelined_steps(lengths, 2) * 0.001)
+
+
+def test_a_decoding_steps_bias_is_the_general_one():
+    from pidutils.t5 import bias_table
+    table = bias_table(random_t5("t5-tiny", seed=3))
+    generator = torch.Generator().manual_seed(0)
+    for time in (0, 3, 40, 300):  # past the last bucket's distance too
+        sub_k = torch.randint(0, 12, (3, 50), generator=generator)
+        time_k = torch.randint(0, time + 1, (3, 50), generator=generator)
+        valid_k = torch.rand(3, 50, generator=generator) > 0.2
+        sub_q = torch.randint(0, 12, (3, 7), generator=generator)
+        time_q = torch.full_like(sub_q, time)
+        assert torch.equal(pl.step_bias(table, sub_q, time_q, sub_k, time_k, valid_k),
+                           pl.self_bias(table, sub_q, time_q, sub_k, time_k, valid_k))
