@@ -209,13 +209,9 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
         block = torch.cat([tokens[:, length - 1:length], guesses], dim=1)
         p = warp(step(target, target_memory, target_table, block, target_cache), sampling)
         n, next_dist = accept(p, q, guesses, torch.rand(guesses.shape, generator=generator, device=device))
-        ended = ((guesses == eos) & (torch.arange(g, device=device) < n[:, None])).any(1)
-        m = int(n.masked_fill(done | ended, g).min())
-        after = guesses[:, m] if m < g else torch.zeros_like(n)
-        kept = torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, sampling, generator))[:, None]], dim=1)
-        record(stats, guesses, n, p, q, done)
-        stats.rounds[-1].kept = [[] if ended else row[:row.index(eos) + 1] if eos in row else row
-                                 for row, ended in zip(kept.tolist(), done.tolist())]
+        m = shortest_run(n, guesses, done, eos)
+        kept = keep(guesses, n, m, next_dist, sampling, generator)
+        record(stats, guesses, n, p, q, done, kept, eos)
         kept = finish(kept, done, eos, pad)
         tokens[:, length:length + m + 1] = kept
         length += m + 1
@@ -243,13 +239,32 @@ def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch
     return torch.stack(guesses, 1), torch.stack(q, 1)
 
 
+def shortest_run(n: torch.Tensor, guesses: torch.Tensor, done: torch.Tensor, eos: int) -> int:
+    """m, the batch's shortest run of standing guesses, leaving out rows already done and rows whose
+    run holds ``</s>`` (nothing after it matters to them)."""
+    g = guesses.shape[1]
+    ends = ((guesses == eos) & (torch.arange(g, device=n.device) < n[:, None])).any(1)
+    return int(n.masked_fill(done | ends, g).min())
+
+
+def keep(guesses: torch.Tensor, n: torch.Tensor, m: int, next_dist: torch.Tensor, sampling: Sampling,
+         generator: torch.Generator | None) -> torch.Tensor:
+    """Every row's first m guesses and one token more: its guess m+1 where that one stood too,
+    else a draw from its own next-token distribution. (rows, m+1)."""
+    after = guesses[:, m] if m < guesses.shape[1] else torch.zeros_like(n)
+    return torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, sampling, generator))[:, None]], dim=1)
+
+
 def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
-           done: torch.Tensor) -> None:
-    """Add a round to ``stats``: the guesses, n, and β of each judged guess of the rows still decoding."""
+           done: torch.Tensor, kept: torch.Tensor, eos: int) -> None:
+    """Add a round to ``stats``: the guesses, n, the tokens each row kept (up to its ``</s>``; none
+    in a row done before), and β of each judged guess of the rows still decoding."""
     g = guesses.shape[1]
     judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None]
     stats.betas += acceptance_rate(p[:, :g], q)[judged].tolist()
-    stats.rounds.append(Round(guesses.tolist(), n.tolist(), []))
+    rows = [[] if was_done else row[:row.index(eos) + 1] if eos in row else row
+            for row, was_done in zip(kept.tolist(), done.tolist())]
+    stats.rounds.append(Round(guesses.tolist(), n.tolist(), rows))
 
 
 def trim(tokens: torch.Tensor, pad: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ..checks import check_choice
 CHECKPOINTS = pathlib.Path(__file__).parent / "checkpoints"
 HUB_MODELS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base"}
 HUB_HOST = ("huggingface.co", 443)
+SHARD_SIZE = "8MB"  # larger checkpoints are saved as several safetensors files of at most this size
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def names() -> list[str]:
 
 
 def path(name: str) -> pathlib.Path:
-    """The folder of a shipped checkpoint (config.json, model.safetensors, tokenizer.json)."""
+    """The folder of a shipped checkpoint (config.json, the weights in safetensors files, tokenizer.json)."""
     check_choice("name", name, sorted(RECIPES))
     return CHECKPOINTS / name
 
@@ -87,7 +88,7 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditiona
     if name in HUB_MODELS:
         return _load_from_hub(name, device)
     folder = path(name)
-    if not (folder / "model.safetensors").exists():
+    if not any(folder.glob("model*.safetensors")):
         raise FileNotFoundError(f"{name} is not built; run: python -m pidutils.zoo train {name}")
     with _no_progress_bar():  # a progress-bar widget for a 10 MB file is noise in the book
         model = T5ForConditionalGeneration.from_pretrained(folder).to(device).eval()
@@ -155,7 +156,7 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
     """Write a checkpoint in Hugging Face format, with its training report."""
     folder = folder or path(name)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, max_shard_size=SHARD_SIZE)
     tokenizer.save_pretrained(folder)
     (folder / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return folder
