@@ -34,7 +34,6 @@ from .pipelined import document_memory
 from .t5 import CrossMemory, KVCache, bias_table, causal_bias, check_t5, decoder_forward, greedy
 from .tokenizer import check_vocab
 
-GAMMAS = tuple(range(1, 9))  # the γ the chapter's slider and the benchmark sweep
 
 
 # --- Sampling: the warpers, applied identically to p and q -----------------------------------------
