@@ -35,7 +35,6 @@ from .t5 import CrossMemory, KVCache, bias_table, causal_bias, check_t5, decoder
 from .tokenizer import check_vocab
 
 
-
 # --- Sampling: the warpers, applied identically to p and q -----------------------------------------
 
 @dataclass(frozen=True)
