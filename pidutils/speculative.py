@@ -107,6 +107,20 @@ def accept(p: torch.Tensor, q: torch.Tensor, guesses: torch.Tensor, r: torch.Ten
     return n, residual / residual.sum(-1, keepdim=True)
 
 
+def rule_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The distribution of the token the rule makes at one position, in closed form (p and q:
+    (vocab,)). A guess x ~ q stands with probability min(1, p(x)/q(x)); otherwise the token comes
+    from the residual that :func:`accept` returns for a guess that fell. Summed over x, that is
+    min(p, q) + (1 − Σ min(p, q)) · norm(max(0, p − q)) = p: chapter 5 checks it."""
+    stand = torch.clamp(p / q, max=1)
+    can_fall = (stand < 1).nonzero()
+    if not len(can_fall):  # p = q: every guess stands
+        return q * stand
+    r = torch.tensor([[1.0 - 1e-12]], dtype=p.dtype, device=p.device)  # just below 1: that guess falls
+    _, residual = accept(p[None, None].expand(1, 2, -1), q[None, None], can_fall[:1].T, r)
+    return q * stand + (q * (1 - stand)).sum() * residual[0]
+
+
 def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """β = Σ_x min(p(x), q(x)): the probability that a guess drawn from q stands (the paper's α is its mean)."""
     return torch.minimum(p, q).sum(-1)

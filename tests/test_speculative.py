@@ -56,27 +56,14 @@ def test_greedy_is_the_one_hot_case():
                                                                                               torch.ones(4))
 
 
-def closed_form_output(p, q):
-    """The distribution of the token the rule makes at one position: each guess x ~ q stands with
-    probability min(1, p(x)/q(x)); otherwise the token comes from accept's residual."""
-    vocab = p.shape[-1]
-    guesses = torch.arange(vocab)[:, None]
-    stand = torch.minimum(torch.ones(vocab), p / q)
-    # r just below 1 makes every guess that can fall fall; accept returns the residual for it
-    _, residual = sp.accept(p.expand(vocab, 2, -1), q.expand(vocab, 1, -1), guesses,
-                            torch.full((vocab, 1), 1 - 1e-12, dtype=p.dtype))
-    falls = stand < 1
-    rejected_mass = (q * (1 - stand)).sum()
-    return q * stand + rejected_mass * residual[falls.nonzero()[0, 0]]
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_the_rule_reproduces_p_exactly(seed):
     g = torch.Generator().manual_seed(seed)
     p = torch.rand(50, generator=g, dtype=torch.float64) ** 3
     q = torch.rand(50, generator=g, dtype=torch.float64) ** 3
     p, q = p / p.sum(), q / q.sum()
-    assert torch.allclose(closed_form_output(p, q), p, atol=1e-6, rtol=0)
+    assert torch.allclose(sp.rule_distribution(p, q), p, atol=1e-6, rtol=0)
+    assert torch.equal(sp.rule_distribution(p, p), p)  # nothing can fall
 
 
 def test_warpers_follow_hugging_face():
