@@ -151,11 +151,6 @@ class Stats:
         """Mean acceptance probability of the judged guesses (1.0 if none was judged)."""
         return sum(self.betas) / len(self.betas) if self.betas else 1.0
 
-    @property
-    def tokens_per_round(self) -> float:
-        """Tokens the first row kept per round (a row gains m+1 per round)."""
-        return sum(len(r.kept[0]) for r in self.rounds) / max(len(self.rounds), 1)
-
 
 def check_pair(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
                tokenizer: PreTrainedTokenizerFast, draft_tokenizer: PreTrainedTokenizerFast | None = None) -> None:
