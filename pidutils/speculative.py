@@ -72,16 +72,21 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-def draw(probs: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token from each distribution of ``probs`` ``(..., vocab)``, warped by ``sampling``.
-
-    At temperature 0 every distribution is one-hot and its argmax is the draw: no random number is
-    used, and the greedy loop skips the sampler's cost.
-    """
-    if sampling.temperature == 0:
-        return probs.argmax(-1)
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token from each distribution of ``probs`` ``(..., vocab)``."""
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def choose(logits: torch.Tensor, sampling: Sampling,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token from each row of ``logits`` ``(..., vocab)`` as ``sampling`` says, and the warped
+    distribution it was drawn from: at temperature 0 the argmax, and no distribution (it is one-hot
+    on that token; the greedy loop skips building it and uses no random number)."""
+    if sampling.temperature == 0:
+        return logits.argmax(-1), None
+    probs = warp(logits, sampling)
+    return draw(probs, generator), probs
 
 
 # --- The accept/reject rule ---------------------------------------------------------------------------
@@ -105,6 +110,32 @@ def accept(p: torch.Tensor, q: torch.Tensor, guesses: torch.Tensor, r: torch.Ten
     q_next = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)[at, n]
     residual = (p[at, n] - q_next).clamp_min(0)
     return n, residual / residual.sum(-1, keepdim=True)
+
+
+def accept_greedy(choices: torch.Tensor, guesses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`accept` at temperature 0, where p and q are one-hot: guess i stands while it is the
+    target's argmax. ``choices`` (rows, γ+1): the target's argmax at the γ guesses and after them.
+    Returns n (rows,) and the token after the run: the target's argmax there, the correction (or,
+    when all stood, the target's own next token)."""
+    rows, gamma = guesses.shape
+    falls = torch.cat([guesses != choices[:, :gamma], torch.ones((rows, 1), dtype=torch.bool, device=guesses.device)], 1)
+    n = falls.int().argmax(1)
+    return n, choices.gather(1, n[:, None])[:, 0]
+
+
+def judge(logits: torch.Tensor, q: torch.Tensor | None, guesses: torch.Tensor, sampling: Sampling,
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target's verdict on a round from its logits (rows, γ+1, vocab): n, each row's token after
+    its run, and β of each guess (rows, γ). Greedy (``q`` is None) by :func:`accept_greedy`; else
+    :func:`accept` with uniforms r_i, then a draw from the distribution it returns."""
+    gamma = guesses.shape[1]
+    if q is None:
+        choices = logits.argmax(-1)
+        n, after = accept_greedy(choices, guesses)
+        return n, after, (guesses == choices[:, :gamma]).to(logits.dtype)
+    p = warp(logits, sampling)
+    n, next_dist = accept(p, q, guesses, torch.rand(guesses.shape, generator=generator, device=guesses.device))
+    return n, draw(next_dist, generator), acceptance_rate(p[:, :gamma], q)
 
 
 def rule_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -212,13 +243,14 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
     stats = Stats()
     while length <= max_new_tokens and not bool(done.all()):
         g = min(gamma, max_new_tokens - length)  # the last token of the budget comes from the target alone
-        guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g, sampling, generator)
+        guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g, sampling,
+                             generator, done, eos)
         block = torch.cat([tokens[:, length - 1:length], guesses], dim=1)
-        p = warp(step(target, target_memory, target_table, block, target_cache), sampling)
-        n, next_dist = accept(p, q, guesses, torch.rand(guesses.shape, generator=generator, device=device))
+        logits = step(target, target_memory, target_table, block, target_cache)
+        n, after, betas = judge(logits, q, guesses, sampling, generator)
         m = shortest_run(n, guesses, done, eos)
-        kept = keep(guesses, n, m, next_dist, sampling, generator)
-        record(stats, guesses, n, p, q, done, kept, eos)
+        kept = keep(guesses, n, m, after)
+        record(stats, guesses, n, betas, done, kept, eos)
         kept = finish(kept, done, eos, pad)
         tokens[:, length:length + m + 1] = kept
         length += m + 1
@@ -228,22 +260,30 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
 
 
 def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch.Tensor, cache: KVCache,
-            tokens: torch.Tensor, g: int, sampling: Sampling,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The draft's g guesses (rows, g) and their distributions (rows, g, vocab), one step each.
+            tokens: torch.Tensor, g: int, sampling: Sampling, generator: torch.Generator | None,
+            done: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The draft's guesses (rows, at most g), one step each, and their distributions (rows, guesses,
+    vocab; None when greedy, where they are one-hot).
 
     The first step also feeds whatever the draft has not seen yet: the last token, and the last
-    guess of a round in which every guess stood.
+    guess of a round in which every guess stood. The draft stops early once every row still
+    decoding has guessed ``</s>``: nothing after a row's ``</s>`` can be kept.
     """
     ids, guesses, q = tokens[:, cache.length:], [], []
+    ended = done.clone()
     for _ in range(g):
-        q.append(warp(step(draft, memory, table, ids, cache)[:, -1], sampling))
-        guesses.append(draw(q[-1], sampling, generator))
-        ids = guesses[-1][:, None]
-    if not guesses:
-        empty = torch.zeros((tokens.shape[0], 0), dtype=tokens.dtype, device=tokens.device)
-        return empty, torch.zeros((tokens.shape[0], 0, draft.config.vocab_size), device=tokens.device)
-    return torch.stack(guesses, 1), torch.stack(q, 1)
+        token, probs = choose(step(draft, memory, table, ids, cache)[:, -1], sampling, generator)
+        guesses.append(token)
+        q.append(probs)
+        ended |= token == eos
+        if bool(ended.all()):
+            break
+        ids = token[:, None]
+    rows = tokens.shape[0]
+    stacked = torch.stack(guesses, 1) if guesses else tokens.new_zeros((rows, 0))  # g = 0: none
+    if sampling.temperature == 0:
+        return stacked, None
+    return stacked, torch.stack(q, 1) if q else torch.zeros((rows, 0, draft.config.vocab_size), device=tokens.device)
 
 
 def shortest_run(n: torch.Tensor, guesses: torch.Tensor, done: torch.Tensor, eos: int) -> int:
@@ -254,21 +294,21 @@ def shortest_run(n: torch.Tensor, guesses: torch.Tensor, done: torch.Tensor, eos
     return int(n.masked_fill(done | ends, g).min())
 
 
-def keep(guesses: torch.Tensor, n: torch.Tensor, m: int, next_dist: torch.Tensor, sampling: Sampling,
-         generator: torch.Generator | None) -> torch.Tensor:
+def keep(guesses: torch.Tensor, n: torch.Tensor, m: int, after: torch.Tensor) -> torch.Tensor:
     """Every row's first m guesses and one token more: its guess m+1 where that one stood too,
-    else a draw from its own next-token distribution. (rows, m+1)."""
-    after = guesses[:, m] if m < guesses.shape[1] else torch.zeros_like(n)
-    return torch.cat([guesses[:, :m], torch.where(n > m, after, draw(next_dist, sampling, generator))[:, None]], dim=1)
+    else ``after``, its token after its run. (rows, m+1)."""
+    if m == guesses.shape[1]:
+        return torch.cat([guesses, after[:, None]], dim=1)
+    return torch.cat([guesses[:, :m], torch.where(n > m, guesses[:, m], after)[:, None]], dim=1)
 
 
-def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor,
            done: torch.Tensor, kept: torch.Tensor, eos: int) -> None:
     """Add a round to ``stats``: the guesses, n, the tokens each row kept (up to its ``</s>``; none
     in a row done before), and β of each judged guess of the rows still decoding."""
     g = guesses.shape[1]
     judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None]
-    stats.betas += acceptance_rate(p[:, :g], q)[judged].tolist()
+    stats.betas += betas[judged].tolist()
     rows = [[] if was_done else row[:row.index(eos) + 1] if eos in row else row
             for row, was_done in zip(kept.tolist(), done.tolist())]
     stats.rounds.append(Round(guesses.tolist(), n.tolist(), rows))
@@ -287,7 +327,7 @@ def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, sampl
     temperature 0, else sampling with the same warpers (the baseline speculative decoding must match)."""
     rows = memory.keys[0].shape[0]
     start = torch.full((rows, 1), model.config.decoder_start_token_id, device=model.device)
-    pick = None if sampling.temperature == 0 else (lambda logits: draw(warp(logits, sampling), sampling, generator))
+    pick = None if sampling.temperature == 0 else (lambda logits: choose(logits, sampling, generator)[0])
     tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad, pick)
     return trim(tokens, pad)
 

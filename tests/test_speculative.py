@@ -54,6 +54,8 @@ def test_greedy_is_the_one_hot_case():
     assert torch.equal(n, expected)
     assert torch.equal(nxt.argmax(-1), logits_p[torch.arange(4), n].argmax(-1)) and torch.equal(nxt.max(-1).values,
                                                                                               torch.ones(4))
+    n_greedy, after = sp.accept_greedy(logits_p.argmax(-1), guesses)  # the shortcut the greedy loop takes
+    assert torch.equal(n_greedy, n) and torch.equal(after, nxt.argmax(-1))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -167,6 +169,19 @@ def test_end_of_sequence_inside_a_standing_run(shipped):
     assert torch.equal(tokens, sp.autoregressive(target, document_memory(target, tokenizer, documents[:3])))
     for row in tokens.tolist():  # everything after </s> is padding
         assert set(row[row.index(eos) + 1:]) <= {pad}
+
+
+def test_the_draft_stops_once_every_row_has_guessed_its_end(shipped):
+    target, draft, tokenizer, documents = shipped
+    eos = target.config.eos_token_id
+    stopped = 0
+    for rows in [[d] for d in documents[:4]] + [documents[:4]]:
+        _, stats = sp.speculative_generate_ids(target, draft, tokenizer, rows, gamma=8)
+        for r in stats.rounds:  # before its last guess, some row still decoding had not guessed </s>
+            decoding = [g for g, kept in zip(r.guesses, r.kept) if kept]
+            assert all(any(eos not in g[:j + 1] for g in decoding) for j in range(len(decoding[0]) - 1))
+            stopped += len(r.guesses[0]) < 8
+    assert stopped  # and the draft did stop short of γ
 
 
 @pytest.mark.parametrize("gamma", [1, 5])
