@@ -215,7 +215,6 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
     return result
 
 
-
 @experiment("speculative")
 def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                          gammas: tuple[int, ...] = tuple(range(1, 9)), temperatures: tuple[float, ...] = (0.0, 1.0),

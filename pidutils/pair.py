@@ -194,6 +194,24 @@ def step_costs(pair: Pair, index: int = 0, repeats: int = 5) -> dict[str, float]
     return costs
 
 
+def record_cost_ratio(device: torch.device | str = "cpu", repeats: int = 20) -> dict:
+    """Measure c for the shipped pair (:func:`step_costs`) and write it into the target's training
+    report as ``cost_ratio``: ``python -m pidutils.zoo cost``. The issue asks for a target step of at
+    least 4 draft steps on the 2-core CPU; ``tests/test_zoo.py`` checks the recorded figure."""
+    import json
+
+    from . import zoo
+    from .bench import describe
+    pair = load_pair(device, dialogues=1)
+    costs = step_costs(pair, repeats=repeats)
+    record = {"draft": DRAFT, "c": costs["c"], "target_over_draft": 1 / costs["c"],
+              "target_step_ms": costs["target_step"] * 1e3, "draft_step_ms": costs["draft_step"] * 1e3,
+              "machine": describe(device, pair.target.dtype), "command": "python -m pidutils.zoo cost"}
+    report = zoo.train_report(TARGET) | {"cost_ratio": record}
+    (zoo.path(TARGET) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return record
+
+
 def verify_cost(pair: Pair, gamma: int, index: int = 0, context: int = 30, repeats: int = 20) -> float:
     """A target pass over γ+1 tokens, in target steps of one token, after ``context`` cached tokens.
 

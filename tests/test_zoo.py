@@ -43,6 +43,14 @@ def test_the_pipelined_model_is_within_two_points_of_the_sequential_one():
     assert zoo.train_report("pipe-t5-tiny")["test"]["jga"] >= zoo.train_report("seq-t5-tiny")["test"]["jga"] - 0.02
 
 
+def test_the_speculative_target_costs_at_least_four_draft_steps():
+    """The figure ``python -m pidutils.zoo cost`` measured on the 2-core CPU and recorded in the report."""
+    record = zoo.train_report("seq-t5-deep")["cost_ratio"]
+    assert record["draft"] == "seq-t5-tiny" and record["c"] <= 0.25
+    assert record["target_step_ms"] / record["draft_step_ms"] == pytest.approx(1 / record["c"])
+    assert "2 threads" in record["machine"]
+
+
 def test_shipped_pipelined_model_cached_equals_uncached():
     from pidutils import pipelined as pl
     model, tokenizer = zoo.load("pipe-t5-tiny")

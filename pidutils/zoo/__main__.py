@@ -1,4 +1,7 @@
-"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint."""
+"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint.
+
+``python -m pidutils.zoo cost [--device cpu|cuda]``: measure chapter 5's cost ratio c (a draft step over
+a target step) and record it in the target's report."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")
     t.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
+    c = sub.add_parser("cost", help="measure chapter 5's draft/target step cost ratio into the target's report")
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
+    if args.command == "cost":
+        from ..pair import TARGET, record_cost_ratio
+        record = record_cost_ratio(args.device)
+        print(f"{TARGET}: target step {record['target_step_ms']:.2f} ms, draft step {record['draft_step_ms']:.2f} ms, "
+              f"c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) on {record['machine']}")
+        return 0
     model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
     result["recipe"] = recipe_dict(args.name)
     folder = save(args.name, model, tokenizer, result, args.out)
