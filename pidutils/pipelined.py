@@ -38,6 +38,7 @@ from .tokenizer import check_vocab
 DELTA_TS = (1, 2, 3, 4)  # the Δt a shipped pipelined model is trained and measured at
 SEQUENTIAL_SEPARATOR = " , "  # between subsequences when the whole state is one sequence
 CACHE_START = 128  # tokens the KV cache first holds per document; it doubles when a document needs more
+PAD_SUB = 1 << 20  # the subsequence index of a decoding step's padding: after every real one, so no real token sees it
 
 
 # --- The layout: coordinates, mask and positions ---------------------------------------------------
@@ -77,14 +78,17 @@ def self_bias(table: torch.Tensor, sub_q: torch.Tensor, time_q: torch.Tensor, su
                          attention_mask(sub_q, time_q, sub_k, time_k, valid_k))
 
 
-def step_bias(table: torch.Tensor, sub_q: torch.Tensor, time_q: torch.Tensor, sub_k: torch.Tensor,
-              time_k: torch.Tensor, valid_k: torch.Tensor) -> torch.Tensor:
-    """:func:`self_bias` for one decoding step, whose queries all sit at one time and whose keys all
-    sit at or before it: Eq. (4) reduces to i' <= i, and the Manhattan distance to
-    (τ − τ') + (i − i') wherever it is allowed. Fewer operations at every step, the same bias
-    (``tests/test_pipelined.py``)."""
+def step_bias(table: torch.Tensor, sub_q: torch.Tensor, pos_q: torch.Tensor, sub_k: torch.Tensor,
+              pos_k: torch.Tensor) -> torch.Tensor:
+    """:func:`self_bias` for one decoding step, from each token's subsequence i and its τ + i.
+
+    A step's queries all sit at one time τ and every key at or before it, so Eq. (4) reduces to
+    i' <= i, and the Manhattan distance to (τ + i) − (τ' + i') wherever that holds. A padding key
+    has i' = ``PAD_SUB``, after every real query's i, so it needs no mask of its own. Fewer
+    operations at every step, the same bias (``tests/test_pipelined.py``).
+    """
     behind = sub_q[:, :, None] - sub_k[:, None, :]
-    return position_bias(table, behind + (time_q[:, :1] - time_k)[:, None, :], (behind >= 0) & valid_k[:, None, :])
+    return position_bias(table, pos_q[:, :, None] - pos_k[:, None, :], behind >= 0)
 
 
 # --- Training: the teacher-forced layout and its loss ---------------------------------------------
@@ -252,15 +256,16 @@ def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, 
 
 def step_inputs(docs: list[Schedule], active: list[list[int]], time: int, bos: int, pad: int,
                 device: torch.device | str) -> Layout:
-    """One step's input tokens: each active subsequence's last token (<bos> if it has none), at ``time``."""
+    """One step's input tokens: each active subsequence's last token (<bos> if it has none), at
+    ``time``. Rows are padded to the widest (``valid`` False, subsequence ``PAD_SUB``)."""
     width = max(len(a) for a in active)
     rows = []
     for doc, subs in zip(docs, active):
         padding = width - len(subs)
         rows.append([[doc.subsequences[i][-1] if doc.subsequences[i] else bos for i in subs] + [pad] * padding,
-                     list(subs) + [0] * padding, [1] * len(subs) + [0] * padding])
-    ids, sub, valid = torch.tensor(rows, device=device).unbind(1)
-    return Layout(ids, sub, torch.full_like(ids, time), valid.bool())
+                     list(subs) + [PAD_SUB] * padding, [time] * width, [1] * len(subs) + [0] * padding])
+    ids, sub, times, valid = torch.tensor(rows, device=device).unbind(1)
+    return Layout(ids, sub, times, valid.bool())
 
 
 # --- The decoding steps: with a KV cache, and the uncached reference -------------------------------
@@ -268,19 +273,24 @@ def step_inputs(docs: list[Schedule], active: list[list[int]], time: int, bos: i
 def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, rows: int, capacity: int) -> StepFn:
     """A step that appends the new tokens' keys and values to a KV cache and recomputes nothing.
 
-    The cache starts with room for ``capacity`` tokens per row and grows when it must. The
-    coordinates of every cached token are kept beside it, to build each step's mask and positions
-    against them (:func:`step_bias`); T5's position bias is looked up in a table made once
-    (:func:`pidutils.t5.bias_table`).
+    The cache starts with room for ``capacity`` tokens per row and grows when it must. Beside it,
+    each cached token's subsequence i and τ + i are kept in place, to build each step's mask and
+    positions against them (:func:`step_bias`); T5's position bias is looked up in a table made
+    once (:func:`pidutils.t5.bias_table`).
     """
     cache = KVCache.empty(model, rows, capacity)
     table = bias_table(model)
-    seen: list[torch.Tensor] = []  # the cached tokens' sub, time and valid, each (rows, cached)
+    keys = torch.zeros((2, rows, capacity), dtype=torch.long, device=model.device)  # i and τ + i of each
 
     def step(new: Layout) -> torch.Tensor:
-        coordinates = (new.sub, new.time, new.valid)
-        seen[:] = [torch.cat(pair, dim=1) for pair in zip(seen, coordinates)] if seen else coordinates
-        bias = step_bias(table, new.sub, new.time, *seen)
+        nonlocal keys
+        start, end = cache.length, cache.length + new.ids.shape[1]
+        if end > keys.shape[2]:  # as the cache does: at least double
+            keys = torch.cat([keys, keys.new_zeros((2, rows, max(end, 2 * keys.shape[2]) - keys.shape[2]))], 2)
+        pos = new.sub + new.time
+        keys[0, :, start:end] = new.sub
+        keys[1, :, start:end] = pos
+        bias = step_bias(table, new.sub, pos, keys[0, :, :end], keys[1, :, :end])
         return decoder_forward(model, new.ids, memory, bias, cache)
 
     return step
@@ -315,10 +325,12 @@ def scripted_step(script: Sequence[Sequence[Sequence[int]]], delta_t: int, eos: 
 
 
 def recording(step: StepFn, logits: list[torch.Tensor]) -> StepFn:
-    """``step``, keeping each step's logits in ``logits`` (for the equivalence checks)."""
+    """``step``, keeping in ``logits`` each step's logits of its real tokens, ``(tokens, vocab)``: the
+    equivalence checks compare those (a padding token's logits are never read, and the cached and
+    uncached steps need not agree on them)."""
     def record(new: Layout) -> torch.Tensor:
         out = step(new)
-        logits.append(out)
+        logits.append(out[new.valid])
         return out
     return record
 

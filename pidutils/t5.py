@@ -148,7 +148,7 @@ def position_bias(table: torch.Tensor, distance: torch.Tensor, allowed: torch.Te
     lookup. A key ahead of its query (a negative distance) gets distance 0's bias, as in T5, so
     causality must come from ``allowed``.
     """
-    index = distance.clamp(0, len(table) - 2).masked_fill(~allowed, len(table) - 1)
+    index = torch.where(allowed, distance.clamp(0, len(table) - 2), len(table) - 1)
     return F.embedding(index, table).movedim(-1, -3)
 
 
