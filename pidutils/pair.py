@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from .bench import time_fn
+from .bench import compare
 from .checks import check_int
 from .data import full_state_view, make_split, parse_state
 from .metrics import joint_goal_accuracy
@@ -179,17 +179,20 @@ def alpha(pair: Pair, gamma: int, sampling: Sampling = Sampling(), seed: int = 0
 
 def step_costs(pair: Pair, index: int = 0, repeats: int = 5) -> dict[str, float]:
     """Seconds per token of the target and of the draft decoding alone (greedy, one dialogue, after
-    the encoders), their ratio c, and each encoder's seconds."""
+    the encoders), their ratio c, and each encoder's seconds; the two models timed interleaved."""
     document = [pair.documents[index]]
+    models = {"target": pair.target, "draft": pair.draft}
+    memories = {name: document_memory(m, pair.tokenizer, document) for name, m in models.items()}
+    tokens = {name: autoregressive(m, memories[name], Sampling(), MAX_NEW_TOKENS, pair.pad).shape[1]
+              for name, m in models.items()}
+    encoders = compare({name: lambda m=m: document_memory(m, pair.tokenizer, document) for name, m in models.items()},
+                       pair.target.device, warmup=1, repeats=repeats)
+    decoders = compare({name: lambda m=m, mem=memories[name]: autoregressive(m, mem, Sampling(), MAX_NEW_TOKENS, pair.pad)
+                        for name, m in models.items()}, pair.target.device, warmup=1, repeats=repeats)
     costs = {}
-    for name, model in (("target", pair.target), ("draft", pair.draft)):
-        costs[f"{name}_encoder"] = time_fn(lambda m=model: document_memory(m, pair.tokenizer, document),
-                                           model.device, warmup=1, repeats=repeats).median
-        memory = document_memory(model, pair.tokenizer, document)
-        tokens = autoregressive(model, memory, Sampling(), MAX_NEW_TOKENS, pair.pad).shape[1]
-        decode = time_fn(lambda m=model, mem=memory: autoregressive(m, mem, Sampling(), MAX_NEW_TOKENS, pair.pad),
-                         model.device, warmup=1, repeats=repeats)
-        costs[f"{name}_step"] = decode.median / tokens
+    for name in models:
+        costs[f"{name}_encoder"] = encoders[name].median
+        costs[f"{name}_step"] = decoders[name].median / tokens[name]
     costs["c"] = costs["draft_step"] / costs["target_step"]
     return costs
 
@@ -212,8 +215,9 @@ def record_cost_ratio(device: torch.device | str = "cpu", repeats: int = 20) -> 
     return record
 
 
-def verify_cost(pair: Pair, gamma: int, index: int = 0, context: int = 30, repeats: int = 20) -> float:
-    """A target pass over γ+1 tokens, in target steps of one token, after ``context`` cached tokens.
+def verify_cost(pair: Pair, gamma: int, index: int = 0, context: int = 30, repeats: int = 40) -> float:
+    """A target pass over γ+1 tokens, in target steps of one token, after ``context`` cached tokens
+    (the two passes timed interleaved).
 
     The paper's speed-up formula takes it as 1; on a CPU it grows with γ.
     """
@@ -232,9 +236,9 @@ def verify_cost(pair: Pair, gamma: int, index: int = 0, context: int = 30, repea
                             causal_bias(table, context, new, valid[:, :context + new]), cache)
         cache.truncate(context)
 
-    one = time_fn(lambda: extend(1), model.device, warmup=2, repeats=repeats).median
-    block = time_fn(lambda: extend(gamma + 1), model.device, warmup=2, repeats=repeats).median
-    return block / one
+    timings = compare({"one": lambda: extend(1), "block": lambda: extend(gamma + 1)}, model.device, warmup=2,
+                      repeats=repeats)
+    return timings["block"].median / timings["one"].median
 
 
 # --- α: the trained draft against unigram and bigram drafts ------------------------------------------------
