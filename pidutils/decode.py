@@ -7,6 +7,8 @@ at every step it runs the decoder over the whole prefix again.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import EncoderDecoderCache, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
@@ -18,6 +20,17 @@ def _check_inputs(input_ids: torch.Tensor, new_tokens: int) -> None:
     if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids must have shape (batch >= 1, length >= 1), got {tuple(input_ids.shape)}")
     check_int("new_tokens", new_tokens, 1)
+
+
+def cache_argument(model: T5ForConditionalGeneration) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache: ``cache`` from transformers 5.24
+    on, where ``past_key_values`` is deprecated, and ``past_key_values`` before (Colab's 5.15)."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def returned_cache(out) -> EncoderDecoderCache:
+    """The KV cache in a model's output, under either name (:func:`cache_argument`)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def _start_tokens(model: T5ForConditionalGeneration, batch: int) -> torch.Tensor:
@@ -36,7 +49,7 @@ def prefill(model: T5ForConditionalGeneration, input_ids: torch.Tensor,
                                                           attention_mask=attention_mask).last_hidden_state)
     out = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
                 decoder_input_ids=_start_tokens(model, input_ids.shape[0]), use_cache=True)
-    return out.logits[:, -1:].argmax(-1), out.past_key_values, encoder_outputs
+    return out.logits[:, -1:].argmax(-1), returned_cache(out), encoder_outputs
 
 
 @torch.inference_mode()
@@ -44,8 +57,8 @@ def decode_one_token(model: T5ForConditionalGeneration, token: torch.Tensor, cac
                      encoder_outputs: BaseModelOutput, attention_mask: torch.Tensor | None = None):
     """Feed one token per sequence; the self- and cross-attention K/V come from ``cache``."""
     out = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
-                decoder_input_ids=token, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1:].argmax(-1), out.past_key_values
+                decoder_input_ids=token, use_cache=True, **{cache_argument(model): cache})
+    return out.logits[:, -1:].argmax(-1), returned_cache(out)
 
 
 def decode_n_tokens(model: T5ForConditionalGeneration, input_ids: torch.Tensor, new_tokens: int,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pidutils.decode import decode_n_tokens, greedy_uncached, prefill, decode_one_token
+from pidutils.decode import cache_argument, decode_n_tokens, decode_one_token, greedy_uncached, prefill, returned_cache
 from pidutils.models import (SHAPES, count_parameters, pick_device, pick_dtype, random_t5,
                              weights_per_decode_step, weights_per_forward)
 
@@ -26,13 +26,13 @@ def test_cached_logits_equal_uncached_within_tolerance(tiny_model):
     prefix = torch.cat([torch.zeros(2, 1, dtype=torch.long), token], dim=1)
     with torch.inference_mode():
         for _ in range(10):
-            out = tiny_model(encoder_outputs=encoded, decoder_input_ids=prefix[:, -1:],
-                             past_key_values=cache, use_cache=True)
+            out = tiny_model(encoder_outputs=encoded, decoder_input_ids=prefix[:, -1:], use_cache=True,
+                             **{cache_argument(tiny_model): cache})
             full = tiny_model(encoder_outputs=encoded, decoder_input_ids=prefix, use_cache=False)
             scale = full.logits[:, -1].abs().max().item()  # fp32 agreement relative to the logit scale
             torch.testing.assert_close(out.logits[:, -1], full.logits[:, -1], rtol=0, atol=1e-5 * scale)
             prefix = torch.cat([prefix, out.logits[:, -1:].argmax(-1)], dim=1)
-            cache = out.past_key_values
+            cache = returned_cache(out)
 
 
 def test_padding_mask_is_respected(tiny_model):
