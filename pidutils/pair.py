@@ -10,6 +10,7 @@ use it, so the book and the command agree.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from .bench import compare
+from .bench import compare, describe
 from .checks import check_int
 from .data import full_state_view, make_split, parse_state
 from .metrics import joint_goal_accuracy
@@ -201,10 +202,7 @@ def record_cost_ratio(device: torch.device | str = "cpu", repeats: int = 20) -> 
     """Measure c for the shipped pair (:func:`step_costs`) and write it into the target's training
     report as ``cost_ratio``: ``python -m pidutils.zoo cost``. The issue asks for a target step of at
     least 4 draft steps on the 2-core CPU; ``tests/test_zoo.py`` checks the recorded figure."""
-    import json
-
     from . import zoo
-    from .bench import describe
     pair = load_pair(device, dialogues=1)
     costs = step_costs(pair, repeats=repeats)
     record = {"draft": DRAFT, "c": costs["c"], "target_over_draft": 1 / costs["c"],
