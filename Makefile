@@ -56,10 +56,11 @@ $(COLAB_STAMP): requirements-colab.txt pyproject.toml
 	$(COLAB_VENV)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (Colab versions)"
 	touch $@
 
-# The widget tests and nbval on every chapter, with Colab's versions.
+# The widget tests and nbval on every chapter, with Colab's versions, on one thread: `make test` runs
+# the chapters on $(OMP_NUM_THREADS) threads, so the two passes catch output that depends on the thread count.
 test-colab: $(COLAB_STAMP)
 	$(COLAB_VENV)/bin/python -m pytest tests/test_widgets.py tests/test_colab.py
-	$(COLAB_VENV)/bin/python -m pytest --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(COLAB_VENV)/bin/python -m pytest --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
 
 # The rendered book in headless Chromium with no network (after `make book`): figures, sliders, live
 # plots, math; screenshots in _build/screenshots. Needs Debian's chromium (apt-get install chromium).

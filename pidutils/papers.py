@@ -1,0 +1,106 @@
+"""Every figure the book quotes from a paper, once, with its source (chapters 2 to 5).
+
+A :class:`Quote` is a figure as its paper prints it, what it measures, where it is (table,
+figure or section), and the setting it was measured in (model, data, hardware). The source
+texts are the ones in the book's ``shared/seeds`` folder; a figure is added here only after it
+was found there. Chapters draw every paper column from :data:`QUOTES` through
+:func:`comparison`, so a figure is corrected in one place (``tests/test_papers.py`` checks that
+the chapters do).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .checks import check_choice
+from .tables import Table
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One figure from a paper: its value as printed, what it is, where, and measured how."""
+
+    value: str
+    what: str
+    source: str  # the bibliography key in book/references.bib
+    where: str  # "Table 3", "§4.3", "Figure 4"
+    setting: str  # model, data and hardware, as the paper states them ("not stated" where it does not)
+
+    @property
+    def reference(self) -> str:
+        """Where the figure is and what it was measured on: ``"Table 3; T5-base, MultiWOZ 2.4, A100"``."""
+        return f"{PAPERS[self.source]}, {self.where}; {self.setting}"
+
+
+PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 2025",
+          "leviathan2023fast": "Leviathan et al. 2023"}
+
+_PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
+_PIPE_4090 = "one RTX 4090, batch 1"
+_SPEC = "T5-XXL (11B) target, T5-small draft; hardware not stated in the slides"
+
+QUOTES: dict[str, Quote] = {
+    # --- Lu et al. 2024, PID (chapters 2 and 3) ---------------------------------------------------
+    "pid.flops": Quote("0.1×", "PID's inference FLOPs over PIE's", "lu2024encode", "Table 3", _PID_A100),
+    "pid.speedup": Quote("1.9×", "PID's speed-up over PIE, one instance", "lu2024encode", "Table 3", _PID_A100),
+    "pid.speedup_batched": Quote("4.6×", "PID's speed-up over PIE, batched at the optimal batch size",
+                                 "lu2024encode", "Table 3", _PID_A100),
+    "pid.jga_pie": Quote("76.3", "PIE-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
+    "pid.jga_pid": Quote("75.5", "PID-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
+    "pid.latency_pie": Quote("146 ms", "PIE-T5-base's latency per dialogue", "lu2024encode", "Table 6", _PID_A100),
+    "pid.latency_pid": Quote("78 ms", "PID-T5-base's latency per dialogue", "lu2024encode", "Table 6", _PID_A100),
+    "pid.train_flops_pie": Quote("5.0e18", "PIE-T5-base's training FLOPs", "lu2024encode", "Table 5",
+                                 "T5-base, MultiWOZ 2.4"),
+    "pid.train_flops_pid": Quote("1.2e17", "PID-T5-base's training FLOPs", "lu2024encode", "Table 5",
+                                 "T5-base, MultiWOZ 2.4"),
+    "pid.input_tokens": Quote("289 ± 108", "MultiWOZ 2.4 input length (T5 tokens)", "lu2024encode", "Table 9",
+                              "MultiWOZ 2.4, Hugging Face T5 tokenizer"),
+    "pid.output_tokens": Quote("56 ± 26", "MultiWOZ 2.4 output length, the whole state (T5 tokens)",
+                               "lu2024encode", "Table 9", "MultiWOZ 2.4, Hugging Face T5 tokenizer"),
+    # --- Huang et al. 2025, pipelined decoding (chapter 4) -------------------------------------------
+    "pipe.msqa_speedup": Quote("1.7×", "pipelined over sequential throughput, MSQA", "huang2025pipelined",
+                               "Table 2", f"T5-Base, {_PIPE_4090}"),
+    "pipe.kp20k_speedup": Quote("2.0×", "pipelined over sequential throughput, KP20K", "huang2025pipelined",
+                                "Table 3", f"T5-Base, {_PIPE_4090}"),
+    "pipe.pubmed_speedup": Quote("7.0×", "pipelined over sequential throughput, PubMed", "huang2025pipelined",
+                                 "Table 4", f"T5-Large, {_PIPE_4090}"),
+    "pipe.kp20k_f1": Quote("33.7 → 27.8", "KP20K present-keyphrase F1@5, sequential → pipelined",
+                           "huang2025pipelined", "Table 3", f"T5-Base, {_PIPE_4090}"),
+    "pipe.wikihow_subsequences": Quote("1.8× → 5.1×", "speed-up from 2 to 9 subsequences, WikiHowQA",
+                                       "huang2025pipelined", "Figure 4", "backbone not stated, RTX 4090"),
+    # --- Leviathan et al. 2023, speculative decoding, from the lecture slides (chapter 5) -------------
+    "spec.ende_greedy": Quote("γ = 7: α 0.75, 3.4×", "EnDe translation, T = 0", "leviathan2023fast",
+                              "Table 2 (slides)", _SPEC),
+    "spec.ende_sampled": Quote("γ = 7: α 0.62, 2.6×", "EnDe translation, T = 1", "leviathan2023fast",
+                               "Table 2 (slides)", _SPEC),
+    "spec.cnndm_greedy": Quote("γ = 5: α 0.65, 3.1×", "CNN/DM summarisation, T = 0", "leviathan2023fast",
+                               "Table 2 (slides)", _SPEC),
+    "spec.alpha_unigram": Quote("0.03 to 0.13", "α of unigram drafts", "leviathan2023fast", "α table (slides)",
+                                "GPT-like 97M and T5-XXL targets, T = 0 and 1"),
+    "spec.alpha_bigram": Quote("0.05 to 0.23", "α of bigram drafts", "leviathan2023fast", "α table (slides)",
+                               "GPT-like 97M and T5-XXL targets, T = 0 and 1"),
+    "spec.alpha_t5": Quote("0.53 to 0.82", "α of T5-small, -base and -large drafts", "leviathan2023fast",
+                           "α table (slides)", "T5-XXL targets, EnDe and CNN/DM, T = 0 and 1"),
+    "spec.alpha_gpt": Quote("0.88 and 0.89", "α of a 6M GPT-like draft at T = 0 and T = 1", "leviathan2023fast",
+                            "α table (slides)", "GPT-like 97M target"),
+}
+
+PAPER_CLASS = "paper"  # the HTML class of a comparison's paper column, which tests read
+
+
+def quote(key: str) -> Quote:
+    """The figure stored under ``key``."""
+    return QUOTES[check_choice("key", key, sorted(QUOTES))]
+
+
+def comparison(rows: Sequence[tuple[str, str, str]], *, caption: str = "") -> Table:
+    """A paper-vs-book table: each row is (what, a :data:`QUOTES` key or "" for none, the book's figure).
+
+    The paper column and the source column come from :data:`QUOTES`; a row with no key shows "–".
+    """
+    body = []
+    for what, key, ours in rows:
+        q = quote(key) if key else None
+        body.append((what, q.value if q else "–", q.reference if q else "", ours))
+    return Table(("", "paper", "where, measured on", "this book"), body, caption=caption,
+                 classes=("", PAPER_CLASS, "", "book"))
