@@ -5,8 +5,11 @@ done, so that bad input never turns into a silent wrong answer (see the book's "
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import torch
 
 
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
@@ -20,9 +23,14 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> i
 
 def check_float(name: str, value: Any, low: float = 0.0, high: float | None = None,
                 low_inclusive: bool = True) -> float:
-    """Return ``value`` as a float if it lies in the given range; raise ``ValueError`` otherwise."""
+    """Return ``value`` as a float if it lies in the given range; raise ``ValueError`` otherwise.
+
+    NaN and ±inf are refused: no caller has a meaning for them, and NaN passes every comparison.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     too_low = value < low if low_inclusive else value <= low
     if too_low or (high is not None and value > high):
         left = "[" if low_inclusive else "("
@@ -37,6 +45,21 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """Return ``value`` as a ``torch.device`` this machine has: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"``
+    where CUDA is available; raise ``ValueError`` naming what is allowed here otherwise."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    allowed = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else [])
+    try:
+        device = torch.device(value) if isinstance(value, (str, torch.device)) else None
+    except RuntimeError:  # an unknown device string
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cuda" and (device.index or 0) >= count):
+        reason = "" if count or device is None or device.type != "cuda" else " (no CUDA device is available here)"
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}{reason}; got {value!r}")
+    return device
 
 
 def _range(low: int, high: int | None) -> str:

@@ -7,6 +7,7 @@ at every step it runs the decoder over the whole prefix again.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -24,8 +25,14 @@ def _check_inputs(input_ids: torch.Tensor, new_tokens: int) -> None:
 
 def cache_argument(model: T5ForConditionalGeneration) -> str:
     """The keyword under which ``model``'s forward takes a KV cache: ``cache`` from transformers 5.24
-    on, where ``past_key_values`` is deprecated, and ``past_key_values`` before (Colab's 5.15)."""
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    on, where ``past_key_values`` is deprecated, and ``past_key_values`` before (Colab's 5.15).
+    Read once per model class, not at every decode step."""
+    return _cache_keyword(type(model))
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def returned_cache(out) -> EncoderDecoderCache:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from .checks import check_choice
+from .checks import check_choice, check_device
 
 # The published shapes of t5-small and t5-base (Raffel et al. 2020), and a tiny shape for tests.
 SHAPES: dict[str, dict[str, int]] = {
@@ -25,14 +25,15 @@ SHAPES: dict[str, dict[str, int]] = {
 INIT_FACTOR = 16.0
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """The one place the book chooses its device: CUDA when present, else the CPU."""
+def pick_device(name: str | torch.device | None = None) -> torch.device:
+    """The one place the book chooses its device: CUDA when present, else the CPU (chapter 1).
+
+    A given ``name`` is checked (:func:`pidutils.checks.check_device`): ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"`` where this machine has it, else a ``ValueError`` naming what it has.
+    """
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    check_choice("device", name, ("cpu", "cuda"))
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device must be 'cpu' on this machine: no CUDA device is available")
-    return torch.device(name)
+    return check_device("device", name)
 
 
 def random_t5(shape: str = "t5-small", seed: int = 0, device: str | torch.device = "cpu",
@@ -40,9 +41,11 @@ def random_t5(shape: str = "t5-small", seed: int = 0, device: str | torch.device
     """A T5 with random weights at a named shape, in eval mode, using PyTorch's fused SDPA attention.
 
     ``changes`` override the shape's entries or the initialisation scale, e.g. ``vocab_size=6`` and
-    ``initializer_factor=1.0`` for chapter 5's sampling test.
+    ``initializer_factor=1.0`` for chapter 5's sampling test. The model is built where ``device``
+    says (checked before any work, as :func:`pick_device` checks it).
     """
     check_choice("shape", shape, SHAPES)
+    device = check_device("device", device)
     dims = {"initializer_factor": INIT_FACTOR} | SHAPES[shape] | changes
     config = T5Config(**dims, num_decoder_layers=dims["num_layers"],
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
@@ -58,12 +61,19 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+BF16_CAPABILITY = (8, 0)  # Ampere and later compute in bf16; older GPUs (a T4 is 7.5) only emulate it
+
+
 def pick_dtype(device: torch.device | str) -> torch.dtype:
-    """Half precision where the device supports it (bf16, else fp16 on CUDA); fp32 on the CPU."""
+    """The dtype chapter 1 measures in: bf16 on a GPU that has it (compute capability 8.0 and up),
+    fp16 on older GPUs such as Colab's T4, fp32 on the CPU.
+
+    ``torch.cuda.is_bf16_supported()`` says True on a T4 too, by emulation, so ask the capability.
+    """
     device = torch.device(device)
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= BF16_CAPABILITY else torch.float16
 
 
 def weights_per_decode_step(model: T5ForConditionalGeneration) -> int:

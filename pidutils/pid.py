@@ -64,12 +64,9 @@ def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
                 ids = ids[:limit - 1]
             rows.append([start] + ids)
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = True
-    return ids.to(model.device), mask.to(model.device), U
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows], device=model.device)
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=model.device)
+    return ids, mask, U
 
 
 # --- Steps 2 and 3: encode once, and decode with folded cross-attention ----------------------------

@@ -102,15 +102,20 @@ class Layout:
     time: torch.Tensor
     valid: torch.Tensor
 
+    def to(self, device: torch.device | str) -> "Layout":
+        """The same layout on ``device`` (no copy where it is already there)."""
+        return Layout(self.ids.to(device), self.sub.to(device), self.time.to(device), self.valid.to(device))
+
 
 def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequence[int], bos: int, eos: int,
-                    pad: int) -> tuple[Layout, torch.Tensor]:
+                    pad: int, *, device: torch.device | str | None = None) -> tuple[Layout, torch.Tensor]:
     """The teacher-forced layout of each document's subsequences (token ids without <bos>/</s>).
 
     Each subsequence becomes [<bos>, Y_i, </s>] and the empty [<bos>, </s>] is appended; the input
     tokens are laid out by :func:`coordinates` at the document's Δt, and each one's label is the
     next token of its own subsequence. Rows are right-padded (``valid`` False, label -100).
-    Returns the layout and the labels ``(rows, n)``.
+    Returns the layout and the labels ``(rows, n)``, made on ``device`` (None: torch's default
+    device, as for training batches, which the training loop moves to the model).
     """
     rows = []
     for subsequences, delta_t in zip(targets, delta_ts, strict=True):
@@ -118,14 +123,9 @@ def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequen
         coords = coordinates([len(y) - 1 for y in full], delta_t)
         rows.append([(full[i][t - i * delta_t], i, t, full[i][t - i * delta_t + 1]) for i, t in coords])
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    sub, time = torch.zeros_like(ids), torch.zeros_like(ids)
-    valid = torch.zeros_like(ids, dtype=torch.bool)
-    labels = torch.full_like(ids, -100)
-    for k, row in enumerate(rows):
-        ids[k, :len(row)], sub[k, :len(row)], time[k, :len(row)], labels[k, :len(row)] = \
-            (torch.tensor(column) for column in zip(*row))
-        valid[k, :len(row)] = True
+    padded = [row + [(pad, 0, 0, -100)] * (width - len(row)) for row in rows]
+    ids, sub, time, labels = torch.tensor(padded, dtype=torch.long, device=device).unbind(-1)
+    valid = torch.tensor([[k < len(row) for k in range(width)] for row in rows], device=device)
     return Layout(ids, sub, time, valid), labels
 
 
@@ -164,6 +164,7 @@ def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCon
 
 def teacher_forced_logits(model: T5ForConditionalGeneration, memory: CrossMemory, layout: Layout) -> torch.Tensor:
     """One decoder pass over a whole layout, every token under the mask and positions of Eq. (4)."""
+    layout = layout.to(model.device)
     bias = self_bias(bias_table(model), layout.sub, layout.time, layout.sub, layout.time, layout.valid)
     return decoder_forward(model, layout.ids, memory, bias)
 
@@ -179,7 +180,24 @@ def pipelined_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tens
 # --- Algorithm 1: the schedule ----------------------------------------------------------------------
 
 # A decoding step: the step's input tokens and their coordinates, each (b, K) -> logits (b, K, vocab).
+# The steps made here carry the device their inputs must be on, as an attribute ``device``
+# (:func:`on_device`), so that Algorithm 1 builds each step's inputs there.
 StepFn = Callable[[Layout], torch.Tensor]
+
+
+def on_device(step: StepFn, device: torch.device | str) -> StepFn:
+    """``step``, marked with the device its inputs are made on by :func:`algorithm1`."""
+    step.device = torch.device(device)
+    return step
+
+
+def step_device(step: StepFn) -> torch.device:
+    """The device a step's inputs are made on: the one :func:`on_device` marked it with."""
+    device = getattr(step, "device", None)
+    if device is None:
+        raise ValueError("device must be given when the step does not carry one (pidutils.pipelined.on_device): "
+                         "pass the model's device, e.g. device=model.device")
+    return device
 
 
 @dataclass
@@ -214,7 +232,7 @@ def check_schedule(delta_t: int, time_max: int, sub_max: int) -> None:
 
 
 def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, bos: int, eos: int, pad: int,
-               device: torch.device | str = "cpu") -> list[Schedule]:
+               device: torch.device | str | None = None) -> list[Schedule]:
     """The paper's Algorithm 1 for ``b`` documents sharing one schedule, greedy.
 
     For t = 1..time_max: if (t − 1) mod Δt = 0, each document starts a new subsequence with <bos>,
@@ -227,9 +245,11 @@ def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, 
     document whose subsequences have all ended before the next one may start waits for it (the
     step is idle, and costs no model call) instead of stopping, which would drop the rest of its
     output whenever Δt exceeds a subsequence's length. Rows of a step are padded to the step's
-    largest number of tokens (``valid`` False).
+    largest number of tokens (``valid`` False). Each step's inputs are made on ``device``; None
+    takes the device the step carries (:func:`on_device`: every step made here carries one).
     """
     check_schedule(delta_t, time_max, sub_max)
+    device = step_device(step) if device is None else torch.device(device)
     docs = [Schedule() for _ in range(b)]
     for t in range(1, time_max + 1):
         for doc in docs:
@@ -293,7 +313,7 @@ def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, rows: in
         bias = step_bias(table, new.sub, pos, keys[0, :, :end], keys[1, :, :end])
         return decoder_forward(model, new.ids, memory, bias, cache)
 
-    return step
+    return on_device(step, model.device)
 
 
 def uncached_step(model: T5ForConditionalGeneration, memory: CrossMemory) -> StepFn:
@@ -307,13 +327,14 @@ def uncached_step(model: T5ForConditionalGeneration, memory: CrossMemory) -> Ste
                               for name in ("ids", "sub", "time", "valid")))
         return teacher_forced_logits(model, memory, everything)[:, -new.ids.shape[1]:]
 
-    return step
+    return on_device(step, model.device)
 
 
 def scripted_step(script: Sequence[Sequence[Sequence[int]]], delta_t: int, eos: int, vocab_size: int) -> StepFn:
     """A stand-in model that follows a script: document d's subsequence i emits ``script[d][i]``,
     then </s> (at once for a subsequence past the script's end). It drives Algorithm 1 through the
-    paper's Figure 2, and forces decoding along a target."""
+    paper's Figure 2, and forces decoding along a target. It computes on whatever device its
+    inputs are on, and carries the CPU for :func:`algorithm1`."""
     def step(new: Layout) -> torch.Tensor:
         logits = torch.zeros((*new.ids.shape, vocab_size), device=new.ids.device)
         for (d, k) in new.valid.nonzero().tolist():
@@ -321,7 +342,7 @@ def scripted_step(script: Sequence[Sequence[Sequence[int]]], delta_t: int, eos: 
             tokens = list(script[d][i]) if i < len(script[d]) else []
             logits[d, k, tokens[j] if j < len(tokens) else eos] = 1.0
         return logits
-    return step
+    return on_device(step, "cpu")
 
 
 def recording(step: StepFn, logits: list[torch.Tensor]) -> StepFn:
@@ -332,7 +353,8 @@ def recording(step: StepFn, logits: list[torch.Tensor]) -> StepFn:
         out = step(new)
         logits.append(out[new.valid])
         return out
-    return record
+    device = getattr(step, "device", None)
+    return record if device is None else on_device(record, device)
 
 
 def check_inputs(model, tokenizer, documents) -> None:
@@ -360,7 +382,7 @@ def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad
     b = memory.keys[0].shape[0]
     step = cached_step(model, memory, b, CACHE_START) if cached else uncached_step(model, memory)
     return algorithm1(step, b, delta_t, time_max, sub_max, model.config.decoder_start_token_id,
-                      model.config.eos_token_id, pad, model.device)
+                      model.config.eos_token_id, pad)
 
 
 @torch.inference_mode()
@@ -389,7 +411,7 @@ def sequential_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pa
                       max_new_tokens: int = 120) -> torch.Tensor:
     """The decoding phase alone: one token per step from <bos>, :func:`pidutils.t5.greedy`."""
     b = memory.keys[0].shape[0]
-    start = torch.full((b, 1), model.config.decoder_start_token_id, device=model.device)
+    start = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=model.device)
     tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad)
     return tokens
 

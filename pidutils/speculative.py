@@ -172,10 +172,43 @@ class Round:
 @dataclass
 class Stats:
     """What a speculative run measured: rounds, tokens kept per row, and the acceptance probabilities
-    β of every judged guess (the paper's α is their mean)."""
+    β of every judged guess (the paper's α is their mean).
 
-    rounds: list[Round] = field(default_factory=list)
-    betas: list[float] = field(default_factory=list)
+    The decoding loop only adds each round's tensors (:meth:`add`), on the device, so that keeping
+    the statistics adds no host synchronisation to the rounds being timed; they are read back to
+    Python lists once, when :attr:`rounds` or :attr:`betas` is first asked for.
+    """
+
+    pending: list[tuple[torch.Tensor, ...]] = field(default_factory=list, repr=False)
+    eos: int = 1
+    _rounds: list[Round] = field(default_factory=list, repr=False)
+    _betas: list[float] = field(default_factory=list, repr=False)
+
+    def add(self, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor, judged: torch.Tensor,
+            kept: torch.Tensor, was_done: torch.Tensor) -> None:
+        """Keep one round's tensors: guesses, n, β, which β were judged, the tokens kept, and which
+        rows were done before it (none of them is changed later by the loop)."""
+        self.pending.append((guesses, n, betas, judged, kept, was_done))
+
+    def _read_back(self) -> None:
+        for guesses, n, betas, judged, kept, was_done in self.pending:
+            self._betas += betas[judged].tolist()
+            rows = [[] if done else row[:row.index(self.eos) + 1] if self.eos in row else row
+                    for row, done in zip(kept.tolist(), was_done.tolist())]
+            self._rounds.append(Round(guesses.tolist(), n.tolist(), rows))
+        self.pending.clear()
+
+    @property
+    def rounds(self) -> list[Round]:
+        """Every round, in order (:class:`Round`)."""
+        self._read_back()
+        return self._rounds
+
+    @property
+    def betas(self) -> list[float]:
+        """β of every judged guess of the rows still decoding, round by round."""
+        self._read_back()
+        return self._betas
 
     @property
     def alpha(self) -> float:
@@ -240,7 +273,7 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
     target_cache, draft_cache = (KVCache.empty(m, rows, max_new_tokens + 1) for m in (target, draft))
     target_table, draft_table = bias_table(target), bias_table(draft)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    stats = Stats()
+    stats = Stats(eos=eos)
     while length <= max_new_tokens and not bool(done.all()):
         g = min(gamma, max_new_tokens - length)  # the last token of the budget comes from the target alone
         guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g, sampling,
@@ -250,7 +283,7 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
         n, after, betas = judge(logits, q, guesses, sampling, generator)
         m = shortest_run(n, guesses, done, eos)
         kept = keep(guesses, n, m, after)
-        record(stats, guesses, n, betas, done, kept, eos)
+        record(stats, guesses, n, betas, done, kept)
         kept = finish(kept, done, eos, pad)
         tokens[:, length:length + m + 1] = kept
         length += m + 1
@@ -303,15 +336,13 @@ def keep(guesses: torch.Tensor, n: torch.Tensor, m: int, after: torch.Tensor) ->
 
 
 def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor,
-           done: torch.Tensor, kept: torch.Tensor, eos: int) -> None:
+           done: torch.Tensor, kept: torch.Tensor) -> None:
     """Add a round to ``stats``: the guesses, n, the tokens each row kept (up to its ``</s>``; none
-    in a row done before), and β of each judged guess of the rows still decoding."""
+    in a row done before), and β of each judged guess of the rows still decoding. Device work
+    only: nothing is read back to the host here (:class:`Stats`)."""
     g = guesses.shape[1]
     judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None]
-    stats.betas += betas[judged].tolist()
-    rows = [[] if was_done else row[:row.index(eos) + 1] if eos in row else row
-            for row, was_done in zip(kept.tolist(), done.tolist())]
-    stats.rounds.append(Round(guesses.tolist(), n.tolist(), rows))
+    stats.add(guesses, n, betas, judged, kept, done.clone())
 
 
 def trim(tokens: torch.Tensor, pad: int) -> torch.Tensor:
@@ -326,7 +357,7 @@ def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, sampl
     """The target alone, one token per step from the start token on the same pass and cache: greedy at
     temperature 0, else sampling with the same warpers (the baseline speculative decoding must match)."""
     rows = memory.keys[0].shape[0]
-    start = torch.full((rows, 1), model.config.decoder_start_token_id, device=model.device)
+    start = torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=model.device)
     pick = None if sampling.temperature == 0 else (lambda logits: choose(logits, sampling, generator)[0])
     tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad, pick)
     return trim(tokens, pad)
@@ -374,8 +405,8 @@ def first_two_distribution(model: T5ForConditionalGeneration, memory: CrossMemor
     """The exact probability of each first two tokens (t1, t2) under the warped model, for one
     encoded document: a (vocab·vocab,) tensor indexed t1·vocab + t2. After ``</s>`` comes ``pad``."""
     vocab, eos, pad = model.config.vocab_size, model.config.eos_token_id, model.config.pad_token_id
-    ids = torch.stack([torch.full((vocab,), model.config.decoder_start_token_id), torch.arange(vocab)], 1)
-    ids = ids.to(model.device)
+    ids = torch.stack([torch.full((vocab,), model.config.decoder_start_token_id, device=model.device),
+                       torch.arange(vocab, device=model.device)], 1)
     with torch.inference_mode():
         logits = decoder_forward(model, ids, memory.repeated(vocab), causal_bias(bias_table(model), 0, 2, torch.ones_like(ids, dtype=torch.bool)))
     first, second = warp(logits[0, 0], sampling), warp(logits[:, 1], sampling)

@@ -33,7 +33,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedT
 
 
 def check_vocab(tokenizer: PreTrainedTokenizerFast, model) -> None:
-    """Raise ``ValueError`` unless ``tokenizer`` and ``model`` share one vocabulary."""
-    if len(tokenizer) != model.config.vocab_size:
-        raise ValueError(f"tokenizer and model must have the same vocabulary: the tokenizer has "
-                         f"{len(tokenizer)} tokens, the model's vocab_size is {model.config.vocab_size}")
+    """Raise ``ValueError`` unless every token id of ``tokenizer`` fits ``model``'s embedding table.
+
+    The table may be longer than the tokenizer: every hub T5 has 32,100 tokens and ``vocab_size``
+    32,128 (padded to a multiple of 128), and the extra rows are never produced by the tokenizer.
+    """
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"tokenizer must fit the model's vocabulary: the tokenizer has {len(tokenizer)} "
+                         f"tokens, more than the model's vocab_size of {model.config.vocab_size}")

@@ -141,7 +141,7 @@ def test_forced_decoding_gives_the_teacher_forced_logits(setup, delta_t):
     real = pl.cached_step(model, memory, 2, 100)
     with torch.inference_mode():
         pl.algorithm1(lambda new: (recorded.append((new, real(new))), forced(new))[1], 2, delta_t, 50, 20,
-                      BOS, EOS, PAD)
+                      BOS, EOS, PAD, device=model.device)
         layout, _ = pl.training_layout(targets, [delta_t, delta_t], BOS, EOS, PAD)
         teacher = pl.teacher_forced_logits(model, memory, layout)
     checked = 0

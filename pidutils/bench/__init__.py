@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_device, check_int
 from ..cost import Device
 
 @dataclass(frozen=True)
@@ -43,13 +43,25 @@ class Timing:
         return f"{self.median * 1e3:.1f} ms (IQR {self.q1 * 1e3:.1f}-{self.q3 * 1e3:.1f})"
 
 
-def synchronize(device: torch.device | str) -> None:
+Where = torch.device | str | None  # a device; None: the CUDA device when there is one, else the CPU
+
+
+def resolve(device: Where) -> torch.device:
+    """The device a timer synchronises: ``device`` (checked), or with None the CUDA device when
+    there is one, else the CPU, so that a call that names no device is still timed right."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device("device", device)
+
+
+def synchronize(device: Where = None) -> None:
     """Wait for queued device work, so a timer measures the work and not its launch."""
-    if torch.device(device).type == "cuda":
+    device = resolve(device)
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device | str) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
     fn()
@@ -57,23 +69,24 @@ def _timed(fn: Callable[[], object], device: torch.device | str) -> float:
     return time.perf_counter() - start
 
 
-def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1,
-            repeats: int = 5) -> Timing:
+def time_fn(fn: Callable[[], object], device: Where = None, warmup: int = 1, repeats: int = 5) -> Timing:
     """Time ``fn()`` after ``warmup`` untimed calls, ``repeats`` times, synchronising the device."""
     return compare({"fn": fn}, device, warmup, repeats)["fn"]
 
 
-def compare(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
+def compare(fns: dict[str, Callable[[], object]], device: Where = None,
             warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
     """Time several functions interleaved: each round runs every one once, in a rotating order.
 
     Interleaving spreads drifts of the machine (other load, clock changes) over all of them, so
-    their ratio is fair even on a shared machine.
+    their ratio is fair even on a shared machine. ``device`` is the one synchronised around every
+    call (:func:`resolve`).
     """
     check_int("warmup", warmup, 0)
     check_int("repeats", repeats, 1)
-    if not fns:
-        raise ValueError("fns must name at least one function to time")
+    if not isinstance(fns, dict) or not fns or not all(callable(fn) for fn in fns.values()):
+        raise ValueError("fns must name at least one function to time: a dict of name -> function")
+    device = resolve(device)
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -101,19 +114,36 @@ def describe(device: torch.device | str, dtype: torch.dtype, **shapes: object) -
     return " | ".join(filter(None, [name, str(dtype).removeprefix("torch."), f"torch {torch.__version__}", dims]))
 
 
-def measure_device(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                   size: int = 1024, megabytes: int = 256) -> Device:
-    """Measure this device's matmul FLOP/s and copy bandwidth, for a roofline of your own machine."""
-    check_int("size", size, 16)
+MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # large enough to reach the peak, small enough to be quick
+MATMULS_PER_SAMPLE = {"cpu": 1, "cuda": 10}  # back-to-back launches per timed sample on a GPU
+
+
+def measure_device(device: Where = None, dtype: torch.dtype = torch.float32, size: int | None = None,
+                   megabytes: int = 256, *, repeats: int = 7) -> Device:
+    """Measure this device's matmul FLOP/s and copy bandwidth, for a roofline of your own machine (chapter 1).
+
+    A ``size``³ matmul (by default 1024 on the CPU, 8192 on a GPU), warmed up, then ``repeats``
+    synchronised samples; on a GPU each sample runs several matmuls back to back, so that the
+    launch and the synchronisation do not count against the peak. ``device`` None: :func:`resolve`.
+    """
+    device = resolve(device)
+    size = MATMUL_SIZE[device.type] if size is None else check_int("size", size, 16)
     check_int("megabytes", megabytes, 1)
-    device = torch.device(device)
+    check_int("repeats", repeats, 1)
+    calls = MATMULS_PER_SAMPLE[device.type]
     a = torch.randn(size, size, device=device, dtype=dtype)
-    matmul = time_fn(lambda: a @ a, device, warmup=2, repeats=7)
+    out = torch.empty_like(a)
+
+    def matmuls() -> None:
+        for _ in range(calls):
+            torch.matmul(a, a, out=out)
+
+    matmul = time_fn(matmuls, device, warmup=2, repeats=repeats)
     src = torch.empty(megabytes * 2**20 // 4, device=device, dtype=torch.float32)
     dst = torch.empty_like(src)
-    copy = time_fn(lambda: dst.copy_(src), device, warmup=2, repeats=7)
+    copy = time_fn(lambda: dst.copy_(src), device, warmup=2, repeats=repeats)
     return Device(name=describe(device, dtype).split(" | ")[0] + " (measured)",
-                  peak_flops=2 * size**3 / matmul.median,
+                  peak_flops=calls * 2 * size**3 / matmul.median,
                   bandwidth=2 * src.numel() * 4 / copy.median,  # read + write
                   dtype=str(dtype).removeprefix("torch."))
 
@@ -132,13 +162,14 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
-    """Peak bytes allocated while ``fn()`` runs, above what was allocated before it.
+def peak_memory(fn: Callable[[], object], device: Where = None) -> int:
+    """Peak bytes allocated on ``device`` while ``fn()`` runs, above what was allocated before it.
 
     On CUDA, the caching allocator's peak counter. On the CPU, torch's profiler records every
     allocation and free in order; the peak of their running sum is the same quantity.
+    ``device`` None: :func:`resolve`, the CUDA device when there is one.
     """
-    device = torch.device(device)
+    device = resolve(device)
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

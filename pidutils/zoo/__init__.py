@@ -6,6 +6,10 @@
 or, for ``pie-t5-tiny``, by fine-tuning the checkpoint its recipe names (``Recipe.init``).
 ``load("t5-small")`` fetches from the Hugging Face hub when it is reachable, and otherwise fails
 within seconds, naming the offline alternatives. See chapter 2.
+
+Hugging Face's ``generate`` sizes a T5's KV cache by the encoder's depth, so on a checkpoint whose
+decoder is deeper (``seq-t5-deep``) plain ``model.generate`` fails with an ``IndexError``; call
+:func:`generate` instead, or ``model.generate`` inside :func:`decoder_depth_as_cache_depth`.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from ..checks import check_choice
+from ..checks import check_choice, check_device
 
 CHECKPOINTS = pathlib.Path(__file__).parent / "checkpoints"
 HUB_MODELS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base"}
@@ -83,8 +87,15 @@ def path(name: str) -> pathlib.Path:
 
 
 def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
-    """Load a shipped checkpoint, or a hub model when the hub is reachable; eval mode."""
+    """Load a shipped checkpoint, or a hub model when the hub is reachable; eval mode, on ``device``.
+
+    ``name`` and ``device`` are checked before anything is loaded (``ValueError``). A hub T5's
+    tokenizer has 32,100 tokens for a ``vocab_size`` of 32,128; every pidutils decoder accepts
+    that. ``seq-t5-deep``'s decoder is deeper than its encoder: call Hugging Face's ``generate``
+    on it through :func:`generate` (plain ``model.generate`` fails with an ``IndexError``).
+    """
     check_choice("name", name, names())
+    device = check_device("device", device)
     if name in HUB_MODELS:
         return _load_from_hub(name, device)
     folder = path(name)
@@ -105,6 +116,35 @@ def _no_progress_bar() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def decoder_depth_as_cache_depth(*models: T5ForConditionalGeneration) -> Iterator[None]:
+    """Inside the block, each model's ``config.num_layers`` is its decoder's depth, so that Hugging
+    Face's ``generate`` works on a T5 whose decoder and encoder depths differ.
+
+    ``generate`` (transformers 5.15 to 5.24 at least) sizes a T5's KV cache by
+    ``num_hidden_layers``, which for T5 is the *encoder's* depth: a deeper decoder
+    (``seq-t5-deep``) fails with an ``IndexError``, a shallower one fails when an assistant's cache
+    is cropped. The modules are built already, so the config entry only sizes the cache; it is
+    restored after the block. Pass the target and its ``assistant_model`` together.
+    """
+    depths = [m.config.num_layers for m in models]
+    try:
+        for m in models:
+            m.config.num_layers = m.config.num_decoder_layers
+        yield
+    finally:
+        for m, depth in zip(models, depths):
+            m.config.num_layers = depth
+
+
+def generate(model: T5ForConditionalGeneration, **kwargs: object):
+    """``model.generate(**kwargs)`` for any shipped or hub T5, however deep its decoder is
+    (:func:`decoder_depth_as_cache_depth`; an ``assistant_model`` among ``kwargs`` is fixed too)."""
+    models = [model] + ([kwargs["assistant_model"]] if kwargs.get("assistant_model") is not None else [])
+    with decoder_depth_as_cache_depth(*models):
+        return model.generate(**kwargs)
 
 
 def train_report(name: str) -> dict:
