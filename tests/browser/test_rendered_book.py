@@ -4,8 +4,12 @@
 of ``_build/html``, served from 127.0.0.1; every request for anything else is refused and reported,
 so a page that needs the network fails here. On each page it checks that every figure image
 loaded, every slider panel rendered, every live plot shows the last state saved in its chapter,
-the math is typeset with no raw ``\\(`` left, and no error, traceback or stderr output shows. It
-saves a full-page screenshot of each page under ``_build/screenshots/`` for humans.
+the math is typeset with no raw ``\\(`` left, and no error, traceback or stderr output shows. At a
+1280 px wide window nothing in the page's content scrolls or spills sideways (folded answers opened),
+every slider panel carries the note that it needs a running kernel, and every figure is shown at its
+drawn size, no wider than the content column that :mod:`pidutils.plots` draws for, so its text keeps
+the size ``tests/test_plots.py`` checks. It saves a full-page screenshot of each page under
+``_build/screenshots/`` for humans.
 """
 from __future__ import annotations
 
@@ -150,6 +154,50 @@ LOOK = """() => {
 }"""
 
 
+# Runs in the page after the screenshot, with every folded answer (<details>) opened: what scrolls or
+# spills sideways in the page's content column, and how each figure is shown. An element "scrolls"
+# when its overflow is not visible and its content is wider than its box (a scroll box, or text cut
+# off); content elements (pre, tables, images, outputs, widget views, math) "spill" when they reach
+# past the column's edges. (Inline math is left out of "cut off": the theme clips it to its line box,
+# and MathJax's glyphs overhang that box by a few pixels without hiding anything.)
+SIDEWAYS = """async () => {
+  document.querySelectorAll('main details').forEach(d => { d.open = true; });
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const main = document.querySelector('main') || document.body;
+  const area = main.querySelector('article') || main;
+  const style = getComputedStyle(area);
+  const box = area.getBoundingClientRect();
+  const left = box.left + parseFloat(style.paddingLeft), right = box.right - parseFloat(style.paddingRight);
+  const name = e => e.tagName.toLowerCase() + (typeof e.className === 'string' && e.className.trim()
+      ? '.' + e.className.trim().split(/\\s+/).slice(0, 3).join('.') : '');
+  const text = e => (e.innerText || e.textContent || e.getAttribute('alt') || '').replace(/\\s+/g, ' ').trim().slice(0, 90);
+  const content = 'pre, table, img, svg, canvas, iframe, video, .cell_output, .output, .widget-subarea, '
+      + '.jupyter-widgets, mjx-container, .math, .highlight';
+  const sideways = [];
+  for (const e of area.querySelectorAll('*')) {
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;  // not displayed
+    const overflow = getComputedStyle(e).overflowX, wider = e.scrollWidth > e.clientWidth + 1;
+    if (wider && (overflow === 'auto' || overflow === 'scroll'))
+      sideways.push(`${name(e)} scrolls (${e.scrollWidth} px of content in ${e.clientWidth} px): ${text(e)}`);
+    else if (wider && overflow !== 'visible' && e.matches(content) && !e.matches('.math'))
+      sideways.push(`${name(e)} cuts off its content (${e.scrollWidth} px in ${e.clientWidth} px): ${text(e)}`);
+    else if (e.matches(content) && (r.right > right + 1 || r.left < left - 1))
+      sideways.push(`${name(e)} spills past the column (${Math.round(r.left)}-${Math.round(r.right)} px, `
+          + `column ${Math.round(left)}-${Math.round(right)} px): ${text(e)}`);
+  }
+  const root = document.documentElement;
+  return {
+    sideways,
+    page_width: root.scrollWidth, window_width: root.clientWidth,
+    column: Math.round(right - left),
+    figures: [...main.querySelectorAll('.cell_output img')].map((i, n) => ({
+        name: i.closest('.widget-output') ? `live plot ${n}` : i.src.split('/').pop().slice(0, 40),
+        natural: i.naturalWidth, shown: i.getBoundingClientRect().width})),
+  };
+}"""
+
+
 @pytest.fixture(scope="module", params=PAGES)
 def report(request, site: str, browser) -> Report:
     """Open one page with every off-site request refused; settle; look; take a screenshot."""
@@ -175,6 +223,7 @@ def report(request, site: str, browser) -> Report:
     report.dom = page.evaluate(LOOK)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{pathlib.Path(page_name).name}.png"), full_page=True)
+    report.dom.update(page.evaluate(SIDEWAYS))
     page.close()
     return report
 
@@ -223,3 +272,13 @@ def test_math_is_typeset(report: Report):
 
 def test_no_error_or_traceback_output(report: Report):
     assert report.dom["error_outputs"] == 0 and report.dom["traceback_text"] == 0, report.page
+
+
+def test_nothing_scrolls_sideways(report: Report):
+    """At 1280 px every output, listing, table, figure and widget fits the content column: a scroll box
+    hides the end of its lines, and a reader who does not scroll never sees them."""
+    dom = report.dom
+    assert dom["page_width"] <= dom["window_width"] + 1, (
+        f"{report.page} scrolls sideways: {dom['page_width']} px wide in a {dom['window_width']} px window")
+    assert dom["sideways"] == [], f"{report.page}: {len(dom['sideways'])} elements scroll sideways:\n" + "\n".join(
+        dom["sideways"][:12])
