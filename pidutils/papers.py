@@ -47,8 +47,11 @@ QUOTES: dict[str, Quote] = {
                                  "lu2024encode", "Table 3", _PID_A100),
     "pid.jga_pie": Quote("76.3", "PIE-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
     "pid.jga_pid": Quote("75.5", "PID-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
-    "pid.latency_pie": Quote("146 ms", "PIE-T5-base's latency per dialogue", "lu2024encode", "Table 6", _PID_A100),
-    "pid.latency_pid": Quote("78 ms", "PID-T5-base's latency per dialogue", "lu2024encode", "Table 6", _PID_A100),
+    "pid.latency_pie": Quote("146 ms", "PIE-T5-base's latency per instance (a dialogue history), instances "
+                             "one at a time (§4.2)", "lu2024encode", "Table 6", _PID_A100),
+    "pid.latency_pid": Quote("78 ms", "PID-T5-base's latency per instance (a dialogue history), instances "
+                             "one at a time (§4.2)", "lu2024encode", "Table 6", _PID_A100),
+    "pid.t5_base_params": Quote("220M", "T5-base's parameters", "lu2024encode", "Table 2 (caption)", "T5-base"),
     "pid.train_flops_pie": Quote("5.0e18", "PIE-T5-base's training FLOPs", "lu2024encode", "Table 5",
                                  "T5-base, MultiWOZ 2.4"),
     "pid.train_flops_pid": Quote("1.2e17", "PID-T5-base's training FLOPs", "lu2024encode", "Table 5",
