@@ -14,7 +14,8 @@ from .checks import check_choice
 from .cost import Device, forward_work
 from .decode import decode_n_tokens, greedy_uncached
 from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
-from .multiprompt import METHODS, answer_fn, encoder_tokens, predicted_work, shape_of, workload
+from .multiprompt import (EVERY_METHOD, METHODS, REFERENCE, answer_fn, encoder_tokens, predicted_work,
+                          shape_of, workload)
 
 EXPERIMENTS: dict[str, Callable[[torch.device], dict]] = {}
 
@@ -88,15 +89,26 @@ def decode_latency(model, device: torch.device, roof: Device, batch: int, new_to
 
 
 def _multiprompt_models(device: torch.device, shape: str | None):
-    """Each method's (model, tokenizer): the shipped tiny checkpoints, or one random model at ``shape``."""
+    """Each method's (model, tokenizer), :data:`REFERENCE` included: the shipped tiny checkpoints,
+    or one random model at ``shape``."""
     from . import zoo
     if shape is None:
         pie, pid = zoo.load("pie-t5-tiny", device), zoo.load("pid-t5-tiny", device)
-        return {"PIE": pie, "PID-copy": pid, "PID-shared": pid}, "shipped tiny"
+        return {"PIE": pie, REFERENCE: pie, "PID-copy": pid, "PID-shared": pid}, "shipped tiny"
     _, tokenizer = zoo.load("pid-t5-tiny")
     model = random_t5(shape, device=device).to(pick_dtype(device))
     model.resize_token_embeddings(len(tokenizer))
-    return {m: (model, tokenizer) for m in METHODS}, f"random {shape}"
+    return {m: (model, tokenizer) for m in EVERY_METHOD}, f"random {shape}"
+
+
+def _optimal_batch(rows: list[dict], U: int) -> dict:
+    """The paper's batched figure (its §4.2): each method's latency per dialogue at the batch size
+    that is best *for that method*, and PIE's over PID-shared's, at ``U``."""
+    rows = [r for r in rows if r["U"] == U]
+    best = {m: min(rows, key=lambda r: r[f"{m}_s"] / r["b"]) for m in ("PIE", "PID-shared")}
+    per = {m: best[m][f"{m}_s"] / best[m]["b"] for m in best}
+    return {"U": U, "batches": sorted({r["b"] for r in rows}), **{f"{m}_b": best[m]["b"] for m in best},
+            **{f"{m}_s_per_dialogue": per[m] for m in best}, "speedup": per["PIE"] / per["PID-shared"]}
 
 
 def time_methods(methods: dict[str, tuple], split, device: torch.device, U: int, b: int,
@@ -110,28 +122,36 @@ def time_methods(methods: dict[str, tuple], split, device: torch.device, U: int,
 
 @experiment("pie")
 def pie_latency(device: torch.device, Us: tuple[int, ...] = (1, 5, 10, 30), repeats: int = 5) -> dict:
-    """PIE's latency per dialogue as U grows, with the shipped ``pie-t5-tiny`` (chapter 2)."""
+    """PIE's latency per dialogue as U grows, with the shipped ``pie-t5-tiny`` (chapter 2): on the
+    book's cached decoder loop (``PIE``) and through Hugging Face's ``generate`` (``PIE-generate``),
+    timed interleaved."""
     from . import zoo
     model, tokenizer = zoo.load("pie-t5-tiny", device)
     split = zoo.test_split("pie-t5-tiny")
     result = {"experiment": "pie", "setup": describe(device, model.dtype, model="pie-t5-tiny", b=1), "rows": []}
     print(result["setup"])
+    both = {"PIE": (model, tokenizer), REFERENCE: (model, tokenizer)}
     for U in Us:
         documents, prompts = workload(split, 1, U)
-        t = time_methods({"PIE": (model, tokenizer)}, split, device, U, 1, repeats)["PIE"]
+        t = time_methods(both, split, device, U, 1, repeats)
         tokens = encoder_tokens("PIE", tokenizer, documents, prompts)
-        result["rows"].append({"U": U, "PIE_s": t.median, "encoder_tokens": tokens})
-        print(f"U={U:2d}: PIE {t}  ({tokens} encoder tokens)")
+        result["rows"].append({"U": U, "PIE_s": t["PIE"].median, f"{REFERENCE}_s": t[REFERENCE].median,
+                               "encoder_tokens": tokens})
+        print(f"U={U:2d}: PIE {t['PIE']} | {REFERENCE} {t[REFERENCE]}  ({tokens} encoder tokens)")
     return result
 
 
 @experiment("pid")
 def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, ...] = (1, 5, 10, 30),
-                 batches: tuple[int, ...] = (1, 8), repeats: int = 3) -> dict:
+                 batches: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 3) -> dict:
     """PID-shared against PIE and PID-copy, single and batched, with FLOPs and peak memory (chapter 3).
 
-    On the CPU it uses the shipped tiny checkpoints; on CUDA, random models at T5-base shapes
-    (latency depends on shapes only), which never stop early, so every method decodes 8 tokens.
+    PIE, PID-copy and PID-shared run on the book's cached decoder loop; PIE through Hugging Face's
+    ``generate`` (``PIE-generate``) is timed beside them as the outside reference. With several
+    batch sizes, ``optimal`` is the paper's batched figure: each method at its own best batch size
+    (per dialogue), at the largest U. On the CPU it uses the shipped tiny checkpoints; on CUDA,
+    random models at T5-base shapes (latency depends on shapes only), which never stop early, so
+    every method decodes 8 tokens.
     """
     from . import zoo
     shape = shape or ("t5-base" if device.type == "cuda" else None)
@@ -147,19 +167,28 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
             answers = {m: run() for m, run in runs.items()}
             if answers["PID-shared"] != answers["PID-copy"]:
                 raise AssertionError("PID-shared and PID-copy disagree")
+            if answers["PIE"] != answers[REFERENCE]:
+                raise AssertionError("PIE on the book's loop and through generate disagree")
             t = time_methods(methods, split, device, U, b, repeats)
             shapes = {m: shape_of(tok, documents, prompts, answers[m]) for m, (_, tok) in methods.items()}
             flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in METHODS}
-            row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in METHODS},
+            row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in EVERY_METHOD},
                    "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),
                    "speedup_vs_copy": speedup(t["PID-copy"], t["PID-shared"]),
+                   "speedup_vs_generate": speedup(t[REFERENCE], t["PID-shared"]),
                    "flops_ratio": flops["PID-shared"] / flops["PIE"],
                    **{f"{m}_peak_bytes": peak_memory(runs[m], device) for m in METHODS}}
             result["rows"].append(row)
-            print(f"b={b} U={U:2d}: PIE {t['PIE'].median * 1e3:8.1f} ms | PID-copy {t['PID-copy'].median * 1e3:7.1f} ms"
-                  f" | PID-shared {t['PID-shared'].median * 1e3:7.1f} ms | vs PIE {row['speedup_vs_pie']:5.2f}x"
-                  f" | vs copy {row['speedup_vs_copy']:4.2f}x | FLOPs {row['flops_ratio']:.3f}x"
-                  f" | peak MB " + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in METHODS))
+            print(f"b={b} U={U:2d}: PIE {t['PIE'].median * 1e3:8.1f} ms (generate {t[REFERENCE].median * 1e3:8.1f})"
+                  f" | PID-copy {t['PID-copy'].median * 1e3:7.1f} | PID-shared {t['PID-shared'].median * 1e3:7.1f}"
+                  f" | vs PIE {row['speedup_vs_pie']:5.2f}x | vs copy {row['speedup_vs_copy']:4.2f}x"
+                  f" | FLOPs {row['flops_ratio']:.3f}x | peak MB "
+                  + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in METHODS))
+    if len(batches) > 1:
+        result["optimal"] = _optimal_batch(result["rows"], max(Us))
+        o = result["optimal"]
+        print(f"optimal batch, U={o['U']}: PIE at b={o['PIE_b']}, PID-shared at b={o['PID-shared_b']}: "
+              f"{o['speedup']:.2f}x per dialogue")
     return result
 
 

@@ -1,9 +1,13 @@
 """PIE and PID side by side: workloads, predicted work, measured latency and peak memory."""
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from pidutils import bench, data, multiprompt, plots, widgets
 from pidutils.cost import Work
+from pidutils.models import random_t5
+from pidutils.pie import pie_generate
 
 
 def total(passes: list[Work]) -> Work:
@@ -21,9 +25,46 @@ def test_workload_takes_the_first_dialogues_and_slots(corpus):
 
 def test_every_method_gives_the_same_answers_on_one_model(model, tokenizer, corpus):
     docs, prompts = multiprompt.workload(corpus["test"], b=2, U=4)
-    answers = {m: multiprompt.answer_fn(m, model, tokenizer, docs, prompts, 3)() for m in multiprompt.METHODS}
+    answers = {m: multiprompt.answer_fn(m, model, tokenizer, docs, prompts, 3)() for m in multiprompt.EVERY_METHOD}
     assert answers["PID-copy"] == answers["PID-shared"]
+    assert answers["PIE"] == answers[multiprompt.REFERENCE]  # the book's loop gives generate's answers
     assert all(len(a) == 4 for a in answers["PIE"])
+
+
+def test_pie_on_the_books_loop_is_hugging_faces_greedy_decoding(model, tokenizer, corpus):
+    docs = list(corpus["test"]["dialogue"][:3])
+    prompts = [data.SLOTS[:3], data.SLOTS[7:9], data.SLOTS[20:25]]  # a different U per document
+    ours = multiprompt.pie_loop(model, tokenizer, docs, prompts, max_new_tokens=6)
+    assert [len(a) for a in ours] == [3, 2, 5]
+    assert ours == pie_generate(model, tokenizer, docs, prompts, max_new_tokens=6)
+    with pytest.raises(ValueError, match="same batch size"):
+        multiprompt.pie_loop(model, tokenizer, docs, prompts[:2])
+    with pytest.raises(ValueError, match="max_new_tokens must be in"):
+        multiprompt.pie_loop(model, tokenizer, docs, prompts, max_new_tokens=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        multiprompt.answer_fn("PIE-beam", model, tokenizer, docs, prompts)
+
+
+def hub_sized_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of 32,100 tokens with T5's special ids, as every hub T5 has."""
+    words = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(32_100 - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+
+
+def test_every_method_runs_a_model_at_t5_smalls_configuration_with_a_hub_sized_tokenizer():
+    tokenizer = hub_sized_tokenizer()
+    model = random_t5("t5-small", num_layers=1)  # t5-small's widths and vocab_size 32,128, one layer
+    assert len(tokenizer) == 32_100 and model.config.vocab_size == 32_128
+    docs = [" ".join(f"w{(37 * i + 11 * d) % 31000}" for i in range(20 + 5 * d)) for d in range(2)]
+    prompts = [["w5 w6", "w7"], ["w8", "w9 w10", "w11"]]
+    answers = {m: multiprompt.answer_fn(m, model, tokenizer, docs, prompts, 3)() for m in multiprompt.EVERY_METHOD}
+    assert answers["PIE"] == answers[multiprompt.REFERENCE] and answers["PID-copy"] == answers["PID-shared"]
+    assert [len(a) for a in answers["PID-shared"]] == [2, 3]
 
 
 def test_encoder_tokens_are_U_times_the_document_plus_prompts_for_pie(tokenizer, corpus):
@@ -48,6 +89,9 @@ def test_predicted_work_orders_the_methods(model):
     assert len(multiprompt.predicted_work("PIE", model, 1, 30, **shape)) == 1 + shape["n_t"]
     with pytest.raises(ValueError, match="n_t must be in"):
         multiprompt.predicted_work("PIE", model, 1, 30, 300, 2, 0)
+    # Hugging Face's generate does PIE's work
+    assert multiprompt.predicted_work(multiprompt.REFERENCE, model, 1, 30, **shape) == \
+        multiprompt.predicted_work("PIE", model, 1, 30, **shape)
 
 
 def test_peak_memory_sees_a_known_allocation():
@@ -81,9 +125,25 @@ def test_chapter_latency_callbacks_measure_and_plot_every_method(model, tokenize
 def test_pid_and_pie_experiments_run_on_the_shipped_models(capsys):
     from pidutils.experiments import pid_speedups, pie_latency
     device = torch.device("cpu")
-    pid_rows = pid_speedups(device, Us=(2,), batches=(1,), repeats=1)["rows"]
-    assert [(r["b"], r["U"]) for r in pid_rows] == [(1, 2)]
+    result = pid_speedups(device, Us=(2,), batches=(1, 2), repeats=1)
+    pid_rows = result["rows"]
+    assert [(r["b"], r["U"]) for r in pid_rows] == [(1, 2), (2, 2)]
     assert pid_rows[0]["flops_ratio"] < 1 and pid_rows[0]["PID-shared_peak_bytes"] > 0
+    assert all(r["PIE-generate_s"] > 0 and r["speedup_vs_generate"] > 0 for r in pid_rows)
+    assert result["optimal"]["U"] == 2 and result["optimal"]["PIE_b"] in (1, 2)
     pie_rows = pie_latency(device, Us=(1, 2), repeats=1)["rows"]
     assert pie_rows[1]["encoder_tokens"] > pie_rows[0]["encoder_tokens"]
-    assert "vs PIE" in capsys.readouterr().out
+    assert all(r["PIE_s"] > 0 and r["PIE-generate_s"] > 0 for r in pie_rows)
+    out = capsys.readouterr().out
+    assert "vs PIE" in out and "optimal batch" in out
+
+
+def test_the_optimal_batch_is_each_methods_own_best_per_dialogue():
+    from pidutils.experiments import _optimal_batch
+    rows = [{"b": 1, "U": 30, "PIE_s": 1.0, "PID-shared_s": 0.5},
+            {"b": 4, "U": 30, "PIE_s": 2.0, "PID-shared_s": 0.4},  # best for both: 0.5 and 0.1 per dialogue
+            {"b": 8, "U": 30, "PIE_s": 6.0, "PID-shared_s": 0.96},  # 0.75 and 0.12
+            {"b": 8, "U": 1, "PIE_s": 0.1, "PID-shared_s": 0.1}]  # another U: not counted
+    o = _optimal_batch(rows, 30)
+    assert (o["PIE_b"], o["PID-shared_b"], o["batches"]) == (4, 4, [1, 4, 8])
+    assert o["speedup"] == pytest.approx(5.0)
