@@ -8,7 +8,9 @@ use it, so the book and the command agree.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +21,9 @@ from .checks import check_int
 from .cost import pipelined_steps
 from .data import full_state_view, parse_state
 from .metrics import joint_goal_accuracy
-from .pipelined import (document_memory, pipelined_decode, pipelined_generate, pipelined_generate_ids,
-                        sequential_decode, sequential_generate, sequential_generate_ids, state_targets)
+from .pipelined import (SEQUENTIAL_SEPARATOR, document_memory, pipelined_decode, pipelined_generate,
+                        pipelined_generate_ids, sequential_decode, sequential_generate, sequential_generate_ids,
+                        state_targets)
 
 MAX_NEW_TOKENS = 120  # the sequential decoder's limit: the longest test state is about 80 tokens
 
@@ -44,6 +47,14 @@ class FullState:
         """The same models on dialogues ``start`` to ``stop - 1``."""
         return FullState(self.seq, self.pipe, self.tokenizer, self.documents[start:stop],
                          self.subsequences[start:stop], self.gold[start:stop])
+
+    def cast(self, dtype: torch.dtype) -> "FullState":
+        """The same dialogues with copies of both models in ``dtype`` (itself if they are in it
+        already): the checks run in fp32, the measurements in :func:`pidutils.models.pick_dtype`."""
+        if self.seq.dtype == dtype and self.pipe.dtype == dtype:
+            return self
+        return FullState(copy.deepcopy(self.seq).to(dtype), copy.deepcopy(self.pipe).to(dtype), self.tokenizer,
+                         self.documents, self.subsequences, self.gold)
 
 
 def load_full_state(device: torch.device | str = "cpu", dialogues: int = 50) -> FullState:
@@ -109,6 +120,68 @@ def jga(fs: FullState, method: str, delta_t: int = 1) -> float:
     else:
         states = pipelined_generate(fs.pipe, fs.tokenizer, fs.documents, delta_t)
     return joint_goal_accuracy([parse_state(s) for s in states], fs.gold)
+
+
+@dataclass
+class Outcomes:
+    """Per dialogue, whether a decoder got the whole state right: the sequential one, and the
+    pipelined one at each Δt. The same dialogues in the same order, so any two can be paired."""
+
+    sequential: list[bool]
+    pipelined: dict[int, list[bool]]
+
+    def jga(self, which: str | int) -> float:
+        """JGA of ``"sequential"`` or of the pipelined decoder at Δt = ``which``."""
+        right = self.sequential if which == "sequential" else self.pipelined[which]
+        return sum(right) / len(right)
+
+
+@torch.inference_mode()
+def outcomes(fs: FullState, delta_ts: Sequence[int] = (1, 2, 3), batch: int = 8) -> Outcomes:
+    """Whether each decoder gets each dialogue's whole state right (joint goal accuracy per dialogue).
+
+    Dialogues go ``batch`` at a time in their order (as the shipped models' test reports do);
+    each model encodes a batch once, and the pipelined model decodes it at every Δt from that
+    one encoding, so four decoders cost two encoder passes.
+    """
+    check_int("batch", batch, 1)
+    for delta_t in delta_ts:
+        check_int("each delta_t", delta_t, 1)
+    sequential: list[bool] = []
+    pipelined: dict[int, list[bool]] = {d: [] for d in delta_ts}
+    for start in range(0, len(fs.documents), batch):
+        documents, gold = fs.documents[start:start + batch], fs.gold[start:start + batch]
+        ids = sequential_decode(fs.seq, document_memory(fs.seq, fs.tokenizer, documents), fs.pad, MAX_NEW_TOKENS)
+        texts = fs.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        states = [[s.strip() for s in t.split(SEQUENTIAL_SEPARATOR.strip()) if s.strip()] for t in texts]
+        sequential += _right(states, gold)
+        memory = document_memory(fs.pipe, fs.tokenizer, documents)
+        for delta_t in delta_ts:
+            schedules = pipelined_decode(fs.pipe, memory, fs.pad, delta_t)
+            pipelined[delta_t] += _right([[fs.tokenizer.decode(s).strip() for s in doc.subsequences]
+                                          for doc in schedules], gold)
+    return Outcomes(sequential, pipelined)
+
+
+def _right(states: list[list[str]], gold: list[list[str]]) -> list[bool]:
+    return [parse_state(state) == list(g) for state, g in zip(states, gold, strict=True)]
+
+
+def standard_error(right: Sequence[bool]) -> float:
+    """The binomial standard error of an accuracy over ``len(right)`` dialogues: sqrt(p(1 − p)/n)."""
+    p = sum(right) / len(right)
+    return math.sqrt(p * (1 - p) / len(right))
+
+
+def paired(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """Two decoders on the same dialogues: how many only ``a`` gets right, how many only ``b``, and
+    the exact two-sided McNemar p-value of a difference that large if neither were better (the
+    dialogues both get right, or both wrong, say nothing about which is better)."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
+    return only_a, only_b, min(1.0, 2 * tail)
 
 
 def gold_lengths(fs: FullState, index: int) -> list[int]:

@@ -37,6 +37,7 @@ PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 
 
 _PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
 _PIPE_4090 = "one RTX 4090, batch 1"
+_PIPE_TABLE5 = f"backbone not stated (its Δt = 1 row is Table 4's T5-Base); {_PIPE_4090} (§4.3)"
 _SPEC = "T5-XXL (11B) target, T5-small draft; hardware not stated in the slides"
 
 QUOTES: dict[str, Quote] = {
@@ -60,6 +61,16 @@ QUOTES: dict[str, Quote] = {
                               "MultiWOZ 2.4, Hugging Face T5 tokenizer"),
     "pid.output_tokens": Quote("56 ± 26", "MultiWOZ 2.4 output length, the whole state (T5 tokens)",
                                "lu2024encode", "Table 9", "MultiWOZ 2.4, Hugging Face T5 tokenizer"),
+    "pid.max_output_tokens": Quote("24", "PID-T5's maximum output length per prompt (one slot value, tokens)",
+                                   "lu2024encode", "Table 10", "MultiWOZ 2.4, PID-T5-base and -large"),
+    "pid.max_prompt_tokens": Quote("8", "PID-T5's maximum prompt length (tokens)", "lu2024encode", "Table 10",
+                                   "MultiWOZ 2.4, PID-T5-base and -large"),
+    "pid.speedup_2080ti": Quote("2.3×", "PID's speed-up over PIE, one instance (209 vs 91 ms)", "lu2024encode",
+                                "Table 6", "T5-base, MultiWOZ 2.4, NVIDIA RTX 2080Ti"),
+    "pid.train_hours_pie": Quote("about 46 GPU hours", "training PIE-T5-base", "lu2024encode", "Appendix B",
+                                 "MultiWOZ 2.4, one NVIDIA A40"),
+    "pid.train_hours_pid": Quote("about 5 GPU hours", "training PID-T5-base", "lu2024encode", "Appendix B",
+                                 "MultiWOZ 2.4, one NVIDIA A40"),
     # --- Huang et al. 2025, pipelined decoding (chapter 4) -------------------------------------------
     "pipe.msqa_speedup": Quote("1.7×", "pipelined over sequential throughput, MSQA", "huang2025pipelined",
                                "Table 2", f"T5-Base, {_PIPE_4090}"),
@@ -70,7 +81,19 @@ QUOTES: dict[str, Quote] = {
     "pipe.kp20k_f1": Quote("33.7 → 27.8", "KP20K present-keyphrase F1@5, sequential → pipelined",
                            "huang2025pipelined", "Table 3", f"T5-Base, {_PIPE_4090}"),
     "pipe.wikihow_subsequences": Quote("1.8× → 5.1×", "speed-up from 2 to 9 subsequences, WikiHowQA",
-                                       "huang2025pipelined", "Figure 4", "backbone not stated, RTX 4090"),
+                                       "huang2025pipelined", "Figure 4 and §5.3",
+                                       f"WikiHowQA, backbone not stated; {_PIPE_4090} (§4.3)"),
+    "pipe.msqa_em": Quote("72.3 → 71.5", "MSQA test exact-match F1, sequential → pipelined",
+                          "huang2025pipelined", "Table 2", f"T5-Base, {_PIPE_4090}"),
+    "pipe.msqa_memory": Quote("1,802 M → 1,798 M", "GPU memory, sequential → pipelined, MSQA",
+                              "huang2025pipelined", "Table 2", f"T5-Base, {_PIPE_4090}"),
+    "pipe.phrase_subsequences": Quote("2.9 of 3.0 words (MSQA), 5.3 of 2.0 (KP20K)",
+                                      "subsequences per target, and words per subsequence, phrase-level data",
+                                      "huang2025pipelined", "Table 1", "dataset statistics"),
+    "pipe.delta_t_rouge": Quote("34.6 / 34.8 / 34.7", "WikiHowQA test Rouge-L at Δt = 1 / 2 / 3",
+                                "huang2025pipelined", "Table 5", _PIPE_TABLE5),
+    "pipe.delta_t_throughput": Quote("4.6 / 4.4 / 4.3", "WikiHowQA examples per second at Δt = 1 / 2 / 3",
+                                     "huang2025pipelined", "Table 5", _PIPE_TABLE5),
     # --- Leviathan et al. 2023, speculative decoding, from the lecture slides (chapter 5) -------------
     "spec.ende_greedy": Quote("γ = 7: α 0.75, 3.4×", "EnDe translation, T = 0", "leviathan2023fast",
                               "Table 2 (slides)", _SPEC),
