@@ -5,21 +5,38 @@ Every figure reaches the reader as a PNG, whatever matplotlib backend the kernel
 ipywidgets ``Output`` and redraws it as each measured point arrives. It needs only the core widgets
 of ipywidgets 7 and 8 (Colab ships 7.7.1), and because the PNG is an output of the ``Output``
 widget, its last state is saved with the notebook's widget state and shows in the rendered book.
+
+Readable on the page: every figure is drawn at most :data:`CONTENT_WIDTH_PX` wide at
+:data:`PNG_DPI`, the width of the book's content column, so the page shows it at its drawn size,
+and no text in it is smaller than :data:`MIN_FONT_PT` points (12.5 px at 100 dpi; 9 pt is 12 CSS
+px). ``tests/test_plots.py`` checks both for every figure here; the browser test checks that the
+column is that wide and that no figure is shrunk.
 """
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from collections.abc import Iterable
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython import get_ipython
 from IPython.display import display
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from .cost import Device, attainable_flops
 
 PNG_DPI = 100
+# The book's content column at a 1280 px wide window, measured in the built page (tests/browser).
+CONTENT_WIDTH_PX = 688
+# The widest figure size to ask for: its tight bounding box then stays within CONTENT_WIDTH_PX.
+MAX_WIDTH_IN = 6.8
+# The smallest text in any figure, in points.
+MIN_FONT_PT = 9
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -44,19 +61,45 @@ def show_figures_as_png(shell=None) -> None:
 show_figures_as_png()
 
 
-class LivePlot:
-    """A latency plot that redraws as points arrive; each series may carry a predicted curve."""
+def text_width_in(text: str, size: float = MIN_FONT_PT) -> float:
+    """How wide ``text`` is drawn at ``size`` points, in inches (plain text, no mathtext)."""
+    renderer = RendererAgg(10, 10, PNG_DPI)
+    width, _, _ = renderer.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return width / PNG_DPI
 
-    def __init__(self, xlabel: str, ylabel: str = "latency (ms)", title: str = "") -> None:
+
+def plain_log_axis(axis) -> None:
+    """A log axis labelled in plain numbers at 1, 2 and 5 per decade (10, 20, 50 rather than 10^1)."""
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+class LivePlot:
+    """A latency plot that redraws as points arrive; each series may carry a predicted curve.
+
+    ``logy=True`` draws the y axis on a log scale, labelled in plain numbers: series an order of
+    magnitude apart (chapter 3's PIE against PID) then stay apart instead of one being squashed
+    flat along the bottom. Every y value (measured and predicted) must then be positive.
+    """
+
+    def __init__(self, xlabel: str, ylabel: str = "latency (ms)", title: str = "", *, logy: bool = False) -> None:
+        if not isinstance(logy, bool):
+            raise ValueError(f"logy must be True or False, got {logy!r}")
         self.output = widgets.Output()
         self.fig, self.ax = plt.subplots(figsize=(6.4, 3.6))
         plt.close(self.fig)  # shown only through self.output, never twice
-        self.xlabel, self.ylabel, self.title = xlabel, ylabel, title
+        self.xlabel, self.ylabel, self.title, self.logy = xlabel, ylabel, title, logy
         self.measured: dict[str, dict[float, float]] = {}
         self.predicted: dict[str, dict[float, float]] = {}
 
     def add(self, series: str, x: float, y: float, predicted: float | None = None) -> None:
         """Record one measured point (and its prediction) and redraw the figure."""
+        if self.logy:
+            for name, value in (("y", y), ("predicted", predicted)):
+                if value is not None and not value > 0:
+                    raise ValueError(f"{name} must be > 0 on a log axis (logy=True), got {value!r}")
         self.measured.setdefault(series, {})[x] = y
         if predicted is not None:
             self.predicted.setdefault(series, {})[x] = predicted
@@ -77,9 +120,12 @@ class LivePlot:
         ax.set_xlabel(self.xlabel)
         ax.set_ylabel(self.ylabel)
         ax.set_title(self.title)
-        ax.grid(alpha=0.3)
+        if self.logy:
+            ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
+        ax.grid(alpha=0.3, which="major")
         if self.measured:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize=MIN_FONT_PT)
         self.fig.tight_layout()
         return self.fig
 
@@ -109,7 +155,7 @@ def roofline(device: Device, points: dict[str, tuple[float, float]],
     ax.set_xlabel("operational intensity (FLOP / byte)")
     ax.set_ylabel("FLOP/s")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize=MIN_FONT_PT)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -127,10 +173,11 @@ def _arrow(ax, x0: float, y0: float, x1: float, y1: float) -> None:
 def pie_pid_diagram(U: int = 3) -> plt.Figure:
     """The PID paper's Figures 1 and 2, redrawn: U encodings M_u (PIE) against one shared M (PID).
 
-    Chapter 3. Left, PIE encodes "Z_u : X" U times and each decoder reads its own M_u; right, PID
-    encodes X once, and U decoders, each starting from its prompt Z_u, read the same M.
+    Chapter 3. Above, PIE encodes "Z_u : X" U times and each decoder reads its own M_u; below, PID
+    encodes X once, and U decoders, each starting from its prompt Z_u, read the same M. (Stacked, not
+    side by side, so that the page shows it at its drawn size with 9 pt labels.)
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    fig, (left, right) = plt.subplots(2, 1, figsize=(MAX_WIDTH_IN - 0.2, 1.05 * U + 2.2))
     for ax, title in ((left, "PIE: one encoding per prompt"), (right, "PID: encode once, decode in parallel")):
         ax.set_xlim(0, 10)
         ax.set_ylim(0, U * 1.2 + 0.4)
@@ -167,7 +214,7 @@ def training_curve(validation: list[dict], title: str, target: float = 0.9) -> p
     ax.plot(steps, [v["jga"] for v in validation], "s-", label="JGA")
     ax.axhline(target, ls="--", c="gray", lw=1, label=f"target JGA {target:.0%}")
     ax.set(xlabel="training step", ylabel="validation score", ylim=(0, 1.02), title=title)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower right", fontsize=MIN_FONT_PT)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -178,7 +225,9 @@ def schedule_grid(tokens: list[list[str]], made: list[list[int]], title: str = "
     time-step, and in each cell the token that subsequence made at that step (chapter 4).
 
     ``tokens[i]`` is subsequence i's tokens in order (its ``</s>`` included); ``made[t]`` lists the
-    subsequences that made a token at step t + 1 (:class:`pidutils.pipelined.Schedule`).
+    subsequences that made a token at step t + 1 (:class:`pidutils.pipelined.Schedule`). Columns
+    narrow to fit the page, a long token wraps inside its cell, and a schedule too long for one
+    band of at least 0.55-inch columns continues in a band below.
     """
     position = [0] * len(tokens)
     cells = {}
@@ -187,35 +236,67 @@ def schedule_grid(tokens: list[list[str]], made: list[list[int]], title: str = "
             cells[(i, t)] = tokens[i][position[i]] if position[i] < len(tokens[i]) else "?"
             position[i] += 1
     steps, rows = len(made), len(tokens)
-    fig, ax = plt.subplots(figsize=(0.85 * steps + 1.2, 0.55 * rows + 1.1))
-    for (i, t), text in cells.items():
-        end = text == "</s>"
-        ax.add_patch(plt.Rectangle((t, i), 1, 1, facecolor="#eeeeee" if end else f"C{i % 10}", alpha=0.35,
-                                   edgecolor="white"))
-        ax.text(t + 0.5, i + 0.5, text.replace("-", "-\n", 1), ha="center", va="center", fontsize=7)
-    ax.set_xlim(0, steps)
-    ax.set_ylim(rows, 0)
-    ax.set_xticks([t + 0.5 for t in range(steps)], [str(t + 1) for t in range(steps)], fontsize=7)
-    ax.set_yticks([i + 0.5 for i in range(rows)], [f"$Y_{{{i + 1}}}$" for i in range(rows)], fontsize=8)
-    ax.set_xlabel("time-step")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    left, right, avail = 0.5, 0.1, MAX_WIDTH_IN - 0.6
+    per_band = max(1, min(steps, int(avail // 0.55)))
+    bands = math.ceil(steps / per_band) if steps else 1
+    cell_w = min(0.85, avail / per_band)
+    wrapped = {key: _wrap(text, cell_w - 0.08) for key, text in cells.items()}
+    lines = max((text.count("\n") + 1 for text in wrapped.values()), default=1)
+    cell_h = max(0.42, 0.17 * lines + 0.12)
+    band_h, gap, top = cell_h * rows, 0.45, 0.35 if title else 0.1
+    height = top + bands * band_h + bands * gap
+    fig = plt.figure(figsize=(left + cell_w * per_band + right, height))
+    for band in range(bands):
+        first, last = band * per_band, min(steps, (band + 1) * per_band)
+        y0 = height - top - (band + 1) * band_h - band * gap
+        ax = fig.add_axes([left / fig.get_figwidth(), y0 / height, cell_w * per_band / fig.get_figwidth(),
+                           band_h / height])
+        for (i, t), text in wrapped.items():
+            if first <= t < last:
+                end = cells[(i, t)] == "</s>"
+                ax.add_patch(plt.Rectangle((t, i), 1, 1, facecolor="#eeeeee" if end else f"C{i % 10}",
+                                           alpha=0.35, edgecolor="white"))
+                ax.text(t + 0.5, i + 0.5, text, ha="center", va="center", fontsize=MIN_FONT_PT,
+                        parse_math=False, linespacing=1.0)
+        ax.set_xlim(first, first + per_band)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks([t + 0.5 for t in range(first, last)], [str(t + 1) for t in range(first, last)],
+                      fontsize=MIN_FONT_PT)
+        ax.set_yticks([i + 0.5 for i in range(rows)], [f"$Y_{{{i + 1}}}$" for i in range(rows)],
+                      fontsize=MIN_FONT_PT + 1)
+        ax.tick_params(length=0)
+        if band == 0 and title:
+            ax.set_title(title, fontsize=10)
+        if band == bands - 1:
+            ax.set_xlabel("time-step", fontsize=10)
     plt.close(fig)
     return fig
 
 
+def _wrap(text: str, width_in: float, size: float = MIN_FONT_PT) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``size`` points: after a hyphen or at
+    a space where it can, inside a word where it must."""
+    if text_width_in(text, size) <= width_in:
+        return text
+    chars = max(2, int(len(text) * width_in / text_width_in(text, size)))
+    return "\n".join(textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=True)) or text
+
+
 def mask_matrix(labels: list[str], allowed, distance, title: str = "") -> plt.Figure:
     """The paper's Figure 3: which token (row) may attend to which (column) under Eq. (4), with the
-    Manhattan distance that sets their relative position written in each allowed cell (chapter 4)."""
+    Manhattan distance that sets their relative position written in each allowed cell (chapter 4).
+    Cells narrow (down to 0.2 inch) so that the matrix fits the page at 9 pt."""
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 1.8, 0.45 * n + 1.4))
+    margin = max((text_width_in(label) for label in labels), default=0.5) + 0.55
+    cell = max(0.2, min(0.45, (MAX_WIDTH_IN - margin - 0.2) / max(n, 1)))
+    fig, ax = plt.subplots(figsize=(cell * n + margin + 0.2, cell * n + margin + 0.4))
     ax.imshow([[1.0 if allowed[q][k] else 0.0 for k in range(n)] for q in range(n)], cmap="Blues", vmin=0, vmax=1.6)
     for q in range(n):
         for k in range(n):
             if allowed[q][k]:
-                ax.text(k, q, str(int(distance[q][k])), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), labels, fontsize=8)
+                ax.text(k, q, str(int(distance[q][k])), ha="center", va="center", fontsize=MIN_FONT_PT)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=MIN_FONT_PT)
+    ax.set_yticks(range(n), labels, fontsize=MIN_FONT_PT)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     ax.set_title(title, fontsize=10)
@@ -238,7 +319,7 @@ def speedup_curve(measured: dict[int, float], predicted: dict[int, float], xlabe
     ax.axhline(1.0, color="grey", lw=1)
     ax.set(xlabel=xlabel, ylabel="speed-up over sequential", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize=MIN_FONT_PT)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -247,40 +328,56 @@ def speedup_curve(measured: dict[int, float], predicted: dict[int, float], xlabe
 TRACE_COLORS = {"stood": "#b7e4c7", "fell": "#f4a6a6", "unjudged": "#e9ecef", "target": "#a5c8f0"}
 
 
-def speculative_trace(rounds: list[tuple[list[str], int, str]], title: str = "", width: float = 11.0) -> plt.Figure:
+def speculative_trace(rounds: list[tuple[list[str], int, str]], title: str = "",
+                      width: float = MAX_WIDTH_IN) -> plt.Figure:
     """The paper's Figure 1 for one output: a line per round, the draft's guesses in green where they
     stood and in red (struck out) where the first fell, later guesses grey (never judged), and the
     target's own token in blue (chapter 5).
 
-    ``rounds[k]`` is (the round's guesses as text, how many stood, the target's token as text); a
-    line wraps when it would pass ``width`` inches.
+    ``rounds[k]`` is (the round's guesses as text, how many stood, the target's token as text). The
+    figure is ``width`` inches wide (at most the page's column, so that its 9 pt text is shown at
+    that size); a round that does not fit on one line continues on the next, unlabelled.
     """
-    char, height = 0.075, 0.34
-    lines: list[list[tuple[str, str]]] = []
-    for guesses, stood, token in rounds:
+    if not 2.0 <= width <= MAX_WIDTH_IN:
+        raise ValueError(f"width must be in [2.0, {MAX_WIDTH_IN}] inches (the page's column), got {width!r}")
+    left, right, line_h, gap = 0.8, 0.05, 0.34, 0.04
+    avail = width - left - right
+    lines: list[tuple[int | None, list[tuple[float, float, str, str]]]] = []  # (round or None, boxes)
+    for k, (guesses, stood, token) in enumerate(rounds):
         cells = [(g, "stood" if i < stood else "fell" if i == stood else "unjudged") for i, g in enumerate(guesses)]
-        lines.append(cells + ([(token, "target")] if token else []))
-    fig, ax = plt.subplots(figsize=(width, height * len(lines) + 0.9))
-    for y, cells in enumerate(lines):
-        x = 0.0
+        cells += [(token, "target")] if token else []
+        x, boxes, label = 0.0, [], k
         for text, kind in cells:
-            w = char * max(len(text), 1) + 0.12
+            w = min(text_width_in(text or " ") + 0.14, avail)
+            if boxes and x + w > avail:
+                lines.append((label, boxes))
+                x, boxes, label = 0.0, [], None
+            boxes.append((x, w, text, kind))
+            x += w + gap
+        lines.append((label, boxes))
+    top, bottom = 0.7 if title else 0.45, 0.05
+    height = top + line_h * max(len(lines), 1) + bottom
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes([left / width, bottom / height, avail / width, line_h * max(len(lines), 1) / height])
+    for y, (_, boxes) in enumerate(lines):
+        for x, w, text, kind in boxes:
             ax.add_patch(plt.Rectangle((x, y + 0.08), w, 0.84, facecolor=TRACE_COLORS[kind], edgecolor="white"))
-            ax.text(x + w / 2, y + 0.5, text, ha="center", va="center", fontsize=8,
+            ax.text(x + w / 2, y + 0.5, text, ha="center", va="center", fontsize=MIN_FONT_PT, parse_math=False,
                     color="#7a1f1f" if kind == "fell" else "black")
             if kind == "fell":
                 ax.plot([x + 0.04, x + w - 0.04], [y + 0.5, y + 0.5], color="#7a1f1f", lw=1)
-            x += w + 0.04
-    ax.set_xlim(0, width - 0.3)
-    ax.set_ylim(len(lines), 0)
-    ax.set_yticks([y + 0.5 for y in range(len(lines))], [f"round {y + 1}" for y in range(len(lines))], fontsize=8)
+    ax.set_xlim(0, avail)
+    ax.set_ylim(max(len(lines), 1), 0)
+    labelled = [(y, k) for y, (k, _) in enumerate(lines) if k is not None]
+    ax.set_yticks([y + 0.5 for y, _ in labelled], [f"round {k + 1}" for _, k in labelled], fontsize=MIN_FONT_PT)
+    ax.tick_params(length=0)
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in TRACE_COLORS.values()]
-    ax.legend(handles, ["guess stood", "guess fell", "guess not judged", "target's token"], fontsize=8,
-              ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(handles, ["guess stood", "guess fell", "guess not judged", "target's token"], fontsize=MIN_FONT_PT,
+              ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, columnspacing=1.2,
+              handlelength=1.4)
     ax.set_title(title, fontsize=10, pad=22)
-    fig.tight_layout()
     plt.close(fig)
     return fig
