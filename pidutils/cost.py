@@ -3,9 +3,11 @@
 This module knows nothing about torch or models; it is arithmetic on shapes, so every formula can
 be tested against values worked by hand (``tests/test_cost.py``).
 
-Notation (PID paper, Lu et al. 2024, Section 3 and Table 1): ``b`` documents in a batch, ``U``
-prompts per document, ``n_s`` document tokens, ``n_p`` prompt tokens, ``n_t`` generated tokens,
-``d`` model width. Counts follow Shazeer (2019), "Fast Transformer Decoding", the accounting the
+Notation (PID paper, Lu et al. 2024, Section 3, Table 1 and Appendix A): ``b`` documents in a
+batch, ``U`` prompts per document, ``n_s`` document tokens, ``n_p`` prompt tokens, ``n_t`` generated
+tokens, ``d`` model width. Table 1 has no ``n_p`` (Section 3.3 assumes the prompt terms negligible);
+Appendix A writes the same costs with the prompts' ``n_p`` tokens (A.1 PIE's encoder
+``U b (n_s + n_p)``, A.3 its cross-attention cache of ``n_s + n_p`` tokens). Counts follow Shazeer (2019), "Fast Transformer Decoding", the accounting the
 PID paper's Table 1 uses: constant factors are dropped, memory access is counted in elements
 (activations ``b n d``, key/value reads, weights ``d^2``) and operations in multiply-adds
 (projections ``b n d^2``). Chapter 1 ("Why decoding is slow") explains the roofline, chapter 3 the
@@ -78,7 +80,8 @@ def book_terms(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict
     - Decoder self-attention reads each step's queries too: ``U b n_t d`` for both methods, a
       term of Shazeer's incremental attention that the printed table leaves out.
     - Prompts of ``n_p`` tokens: PIE encodes ``n_s + n_p`` tokens per prompt and its cross-attention
-      reads them at every step; PID's decoder cache holds the ``n_p`` prompt tokens.
+      reads them at every step (the paper's Appendix A.1 and A.3); PID's decoder cache holds the
+      ``n_p`` prompt tokens.
     """
     _check_shapes("pie", U, b, n_s, n_t, d, n_p)
     queries = U * b * n_t * d
@@ -104,7 +107,9 @@ def encoder_self_attention(method: str, U: int, b: int, n_s: int, n_t: int, d: i
                            n_p: int = 0) -> Cost:
     """One parallel encoder pass. PIE encodes ``b*U`` sequences of ``n_s + n_p`` tokens, PID ``b`` of ``n_s``.
 
-    Memory ``rows * n * d + d^2``, operations ``rows * n * d^2`` (Shazeer's batched attention).
+    Memory ``rows * n * d + d^2``, operations ``rows * n * d^2`` (Shazeer's batched attention). With
+    ``n_p = 0`` this is Table 1's cell; with prompts, PIE's is Appendix A.1's
+    ``U b (n_s + n_p) d + d^2`` and ``U b (n_s + n_p) d^2`` (chapter 2).
     """
     return _component("encoder_self_attention", method, U, b, n_s, n_t, d, n_p)
 
