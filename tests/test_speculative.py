@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from pidutils import speculative as sp
 from pidutils import cost, t5, zoo
@@ -127,6 +128,34 @@ def test_a_draft_identical_to_the_target_has_every_guess_stand(random_pair):
     ours, stats = sp.speculative_decode(target, target, mt, mt, 4, max_new_tokens=20)
     assert torch.equal(ours, sp.autoregressive(target, mt, max_new_tokens=20))
     assert stats.alpha == 1.0 and all(r.standing == [4, 4, 4] for r in stats.rounds[:-1])
+
+
+HOST_READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor back to the host: on a GPU, each one waits for the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        mask = name == "__getitem__" and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
+        self.count += name in HOST_READS or mask
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_statistics_add_no_host_reads_to_the_rounds(random_pair):
+    target, draft, mt, md, _ = random_pair
+    with torch.inference_mode(), HostReads() as reads:
+        tokens, stats = sp.speculative_decode(target, draft, mt, md, 4, max_new_tokens=20)
+    rounds = stats.rounds  # read back now, after the run
+    # the loop's own reads only: "is every row done?" per round and per draft step, the shortest run m
+    # per round, one last "done?", and trimming the padding
+    assert reads.count <= sum(len(r.guesses[0]) + 2 for r in rounds) + 3
+    assert len(rounds) > 1 and tokens.shape[1] > 1 and 0 < stats.alpha < 1
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 6, 7])
