@@ -81,6 +81,28 @@ def saved_choices(page: str) -> list[tuple[str, int, str]]:
             for m in widget_state(json.loads(path.read_text())).values() if m["model_name"] == "ToggleButtonsModel"]
 
 
+CONTROL_MODELS = {"IntSliderModel", "FloatSliderModel", "ToggleButtonsModel", "DropdownModel", "RadioButtonsModel",
+                  "CheckboxModel", "ButtonModel"}
+
+
+def saved_panels(page: str) -> int:
+    """From the committed chapter: how many widget views in its outputs hold a control (a slider panel)."""
+    path = ROOT / f"{page}.ipynb"
+    if not path.exists():
+        return 0
+    nb = json.loads(path.read_text())
+    state = widget_state(nb)
+
+    def holds_control(model_id: str) -> bool:
+        model = state.get(model_id, {})
+        return model.get("model_name") in CONTROL_MODELS or any(
+            holds_control(c.removeprefix("IPY_MODEL_")) for c in model.get("state", {}).get("children", []))
+
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb["cells"]
+             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    return sum(holds_control(v) for v in views)
+
+
 def widget_state(nb: dict) -> dict:
     """The widget models saved with a notebook, by id."""
     return nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
@@ -143,6 +165,23 @@ LOOK = """() => {
         width: s.getBoundingClientRect().width})),
     live_images: [...main.querySelectorAll('.widget-output img')].map(i => ({
         src: i.src.replace(/^data:image\\/png;base64,/, ''), width: i.naturalWidth})),
+    panels: [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
+        .map(v => v.previousElementSibling)
+        .filter(a => a && a.matches('.widget-subarea') && a.querySelector(
+            '.widget-slider, .widget-toggle-buttons, .widget-dropdown, .widget-radio, .widget-checkbox, .widget-button'))
+        .map(a => {
+          const note = a.previousElementSibling && a.previousElementSibling.matches('.kernel-note')
+              ? a.previousElementSibling : null;
+          const style = note && getComputedStyle(note), box = note && note.getBoundingClientRect();
+          return {
+            controls: [...a.querySelectorAll('.widget-label')].map(l => l.textContent.trim()).join(', '),
+            note: note ? note.innerText.replace(/\\s+/g, ' ').trim() : null,
+            visible: !!note && box.height > 20 && box.width > 300 && style.visibility === 'visible'
+                && parseFloat(style.opacity) > 0.5,
+            link: note && note.querySelector('a') ? note.querySelector('a').href : null};
+        }),
+    notes: main.querySelectorAll('.kernel-note').length,
+    colab_button: (document.querySelector('.dropdown-launch-buttons a[href*="colab"]') || {}).href || null,
     math_spans: main.querySelectorAll('.math').length,
     typeset: main.querySelectorAll('mjx-container').length,
     math_errors: main.querySelectorAll('mjx-merror').length,
@@ -191,9 +230,13 @@ SIDEWAYS = """async () => {
     sideways,
     page_width: root.scrollWidth, window_width: root.clientWidth,
     column: Math.round(right - left),
-    figures: [...main.querySelectorAll('.cell_output img')].map((i, n) => ({
-        name: i.closest('.widget-output') ? `live plot ${n}` : i.src.split('/').pop().slice(0, 40),
-        natural: i.naturalWidth, shown: i.getBoundingClientRect().width})),
+    figures: [...main.querySelectorAll('.cell_output img')].map(i => {
+      const code = i.closest('.cell') && i.closest('.cell').querySelector('.cell_input pre');
+      return {
+        name: (i.closest('.widget-output') ? 'the live plot' : 'the figure') + ' of the cell that starts '
+            + JSON.stringify(code ? code.innerText.trim().slice(0, 70) : '?'),
+        natural: i.naturalWidth, shown: i.getBoundingClientRect().width};
+    }),
   };
 }"""
 
@@ -282,3 +325,35 @@ def test_nothing_scrolls_sideways(report: Report):
         f"{report.page} scrolls sideways: {dom['page_width']} px wide in a {dom['window_width']} px window")
     assert dom["sideways"] == [], f"{report.page}: {len(dom['sideways'])} elements scroll sideways:\n" + "\n".join(
         dom["sideways"][:12])
+
+
+def test_every_slider_panel_says_it_needs_a_kernel(report: Report):
+    """The panels render from saved state with no kernel behind them: each carries a visible note that
+    sends the reader to Colab (the launch button's own URL), and nothing else carries one."""
+    dom = report.dom
+    assert len(dom["panels"]) == saved_panels(report.page), f"{report.page}: {saved_panels(report.page)} saved panels"
+    for panel in dom["panels"]:
+        assert panel["note"], f"{report.page}: the slider panel ({panel['controls']}) has no kernel note above it"
+        assert panel["visible"], f"{report.page}: the kernel note above ({panel['controls']}) is not visible"
+        assert "running kernel" in panel["note"] and "Colab" in panel["note"], (report.page, panel["note"])
+        if dom["colab_button"]:
+            assert panel["link"] == dom["colab_button"], f"{report.page}: the note links elsewhere than the launch button"
+    assert dom["notes"] == len(dom["panels"]), f"{report.page}: {dom['notes']} kernel notes for {len(dom['panels'])} panels"
+
+
+def test_every_figure_is_shown_at_its_drawn_size(report: Report):
+    """tests/test_plots.py checks that every text of every figure is at least 9 pt (12 px) when the figure
+    is shown at its drawn size, and that it is drawn no wider than the content column
+    (plots.CONTENT_WIDTH_PX). Here: the page's column is that wide at 1280 px, and no figure (live
+    plots included) is shrunk to fit, which would shrink its text below 9 pt."""
+    from pidutils import plots
+
+    dom = report.dom
+    assert dom["column"] >= plots.CONTENT_WIDTH_PX, (
+        f"{report.page}: the content column is {dom['column']} px at 1280 px, narrower than the "
+        f"{plots.CONTENT_WIDTH_PX} px pidutils.plots draws for")
+    shrunk = [f"{f['name']}: {f['natural']} px wide, shown at {f['shown']:.0f} px ({f['shown'] / f['natural']:.0%})"
+              for f in dom["figures"] if f["natural"] and f["shown"] < f["natural"] - 1]
+    assert shrunk == [], (f"{report.page}: figures shrunk to fit the {dom['column']} px column, so their text is "
+                          f"smaller than drawn; redraw them (pidutils.plots draws at most {plots.CONTENT_WIDTH_PX} "
+                          "px wide):\n" + "\n".join(shrunk))
