@@ -6,7 +6,8 @@ so a page that needs the network fails here. On each page it checks that every f
 loaded, every slider panel rendered, every live plot shows the last state saved in its chapter,
 the math is typeset with no raw ``\\(`` left, and no error, traceback or stderr output shows. At a
 1280 px wide window nothing in the page's content scrolls or spills sideways (folded answers opened),
-every slider panel carries the note that it needs a running kernel, and every figure is shown at its
+no text printed as aligned columns wraps (tables belong in HTML or Markdown), every slider panel
+carries the note that it needs a running kernel, and every figure is shown at its
 drawn size, no wider than the content column that :mod:`pidutils.plots` draws for, so its text keeps
 the size ``tests/test_plots.py`` checks. It saves a full-page screenshot of each page under
 ``_build/screenshots/`` for humans.
@@ -225,9 +226,20 @@ SIDEWAYS = """async () => {
       sideways.push(`${name(e)} spills past the column (${Math.round(r.left)}-${Math.round(r.right)} px, `
           + `column ${Math.round(left)}-${Math.round(right)} px): ${text(e)}`);
   }
+  // Text outputs laid out as columns (3 lines or more with 2 gaps of 2+ spaces each) that wrap:
+  // every number shows, but the columns no longer line up.
+  const text_tables = [];
+  for (const p of main.querySelectorAll('.cell_output pre')) {
+    const lines = p.innerText.replace(/\\n$/, '').split('\\n');
+    const columns = lines.filter(l => (l.trim().match(/\\S {2,}(?=\\S)/g) || []).length >= 2).length;
+    const cs = getComputedStyle(p), lineHeight = parseFloat(cs.lineHeight);
+    if (columns < 3 || !lineHeight || !p.clientHeight) continue;
+    const shown = Math.round((p.clientHeight - parseFloat(cs.paddingTop) - parseFloat(cs.paddingBottom)) / lineHeight);
+    if (shown > lines.length) text_tables.push(`${lines.length} lines wrap onto ${shown}: ${text(p)}`);
+  }
   const root = document.documentElement;
   return {
-    sideways,
+    sideways, text_tables,
     page_width: root.scrollWidth, window_width: root.clientWidth,
     column: Math.round(right - left),
     figures: [...main.querySelectorAll('.cell_output img')].map(i => {
@@ -357,3 +369,11 @@ def test_every_figure_is_shown_at_its_drawn_size(report: Report):
     assert shrunk == [], (f"{report.page}: figures shrunk to fit the {dom['column']} px column, so their text is "
                           f"smaller than drawn; redraw them (pidutils.plots draws at most {plots.CONTENT_WIDTH_PX} "
                           "px wide):\n" + "\n".join(shrunk))
+
+
+def test_no_text_table_wraps(report: Report):
+    """A table printed as aligned text wraps in the column and its columns stop lining up: print it as
+    an HTML or Markdown table (IPython.display.Markdown or HTML) instead."""
+    assert report.dom["text_tables"] == [], (
+        f"{report.page}: text tables that wrap (render them as HTML or Markdown tables):\n"
+        + "\n".join(report.dom["text_tables"][:12]))
