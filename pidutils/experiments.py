@@ -248,33 +248,47 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
 def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                          gammas: tuple[int, ...] = tuple(range(1, 9)), temperatures: tuple[float, ...] = (0.0, 1.0),
                          ngram_dialogues: int = 2000) -> dict:
-    """Target-only against speculative decoding for each γ, at T = 0 and T = 1, on the same test
-    dialogues one at a time (chapter 5).
+    """Target-only against speculative decoding with each of chapter 5's drafts, for each γ, at T = 0
+    and T = 1, on the same test dialogues one at a time (chapter 5).
 
-    Whole requests (both encoders included) and the decoding phase alone; the measured α, c and
-    speed-up beside the speed-up the paper's formula predicts from them (for the decoding phase,
-    and end to end with both encoders' measured time added); a refined prediction with the tokens a
-    round really kept and the verification pass's measured cost; Hugging Face's assisted
-    generation on the same pair and γ; and α of unigram and bigram drafts beside the trained draft.
+    Per draft (:func:`speculative_draft`): whole requests and the decoding phase alone, the measured
+    α, c and speed-up beside the formula's prediction and a refined one; then α of unigram and
+    bigram drafts beside the trained drafts.
     """
-    from .cost import speculative_speedup
-    from .pair import alpha, alpha_table, jga, load_pair, runs, step_costs, verify_cost
+    from .pair import DRAFTS, alpha_table, load_pair, verify_cost
     from .speculative import Sampling
     pair = load_pair(device, dialogues)
-    n = len(pair.documents)
-    result = {"experiment": "speculative",
-              "setup": describe(device, pair.target.dtype, target="seq-t5-deep", draft="seq-t5-tiny", dialogues=n, b=1)}
+    result = {"experiment": "speculative", "drafts": {},
+              "setup": describe(device, pair.target.dtype, target="seq-t5-deep", drafts="/".join(DRAFTS),
+                                dialogues=len(pair.documents), b=1)}
     print(result["setup"])
-    costs = result["costs"] = step_costs(pair)
-    print(f"step: target {costs['target_step'] * 1e3:.2f} ms, draft {costs['draft_step'] * 1e3:.2f} ms, "
-          f"c = {costs['c']:.3f} (target/draft {1 / costs['c']:.1f}x); encoders: target "
-          f"{costs['target_encoder'] * 1e3:.1f} ms, draft {costs['draft_encoder'] * 1e3:.1f} ms")
-    result["jga"] = jga(pair)
-    print(f"JGA alone: target {result['jga']['target']:.3f}, draft {result['jga']['draft']:.3f}")
     result["verify_cost"] = {g: verify_cost(pair, g) for g in gammas}
     print("a target pass over γ+1 tokens, in target steps: " +
           ", ".join(f"γ={g}: {v:.2f}" for g, v in result["verify_cost"].items()))
-    result["by_temperature"] = {}
+    for name in DRAFTS:
+        result["drafts"][name] = speculative_draft(pair.with_draft(name), device, result["verify_cost"], repeats,
+                                                   gammas, temperatures)
+    result["alpha_table"] = {t: alpha_table(pair, Sampling(t), ngram_dialogues, drafts=DRAFTS[1:]) for t in temperatures}
+    for t, table in result["alpha_table"].items():
+        print(f"α at T={t:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items()))
+    return result
+
+
+def speculative_draft(pair, device: torch.device, verify: dict[int, float], repeats: int,
+                      gammas: tuple[int, ...], temperatures: tuple[float, ...]) -> dict:
+    """One draft's rows of :func:`speculative_speedups`: costs, JGA, and for each temperature and γ the
+    speed-ups (end to end and decoding phase), the formula's and the refined predictions, and the
+    comparison with Hugging Face's assisted generation."""
+    from .cost import speculative_speedup
+    from .pair import alpha, jga, runs, step_costs
+    from .speculative import Sampling
+    n, name = len(pair.documents), pair.draft_name
+    result = {"costs": step_costs(pair), "jga": jga(pair), "by_temperature": {}}
+    costs = result["costs"]
+    print(f"[{name}] step: target {costs['target_step'] * 1e3:.2f} ms, draft {costs['draft_step'] * 1e3:.2f} ms, "
+          f"c = {costs['c']:.3f} (target/draft {1 / costs['c']:.1f}x); encoders: target "
+          f"{costs['target_encoder'] * 1e3:.1f} ms, draft {costs['draft_encoder'] * 1e3:.1f} ms; JGA alone: "
+          f"target {result['jga']['target']:.3f}, draft {result['jga']['draft']:.3f}")
     for temperature in temperatures:
         sampling = Sampling(temperature)
         whole = compare(runs(pair, gammas, sampling), device, warmup=1, repeats=repeats)
@@ -283,34 +297,32 @@ def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int
         for g in gammas:
             a, per_round = alpha(pair, g, sampling)
             key = f"speculative γ={g}"
-            rows[g] = {"alpha": a, "tokens_per_round": per_round,
-                       "predicted": speculative_speedup(a, g, costs["c"]),
-                       # the same cost model with what the formula idealises measured instead: the
-                       # tokens a round really kept, and the verification pass's cost in steps
-                       "refined": per_round / (g * costs["c"] + result["verify_cost"][g]),
-                       "end_to_end": speedup(whole["target"], whole[key]),
-                       "decoding_phase": speedup(phase["target"], phase[key]),
-                       "vs_hf_assisted": speedup(whole[f"HF assisted γ={g}"], whole[key]),
-                       "hf_assisted_vs_target": speedup(whole["target"], whole[f"HF assisted γ={g}"]),
-                       "ms_per_dialogue": whole[key].median / n * 1e3}
-            row = rows[g]
+            row = rows[g] = {"alpha": a, "tokens_per_round": per_round,
+                             "predicted": speculative_speedup(a, g, costs["c"]),
+                             # the same cost model with what the formula idealises measured instead: the
+                             # tokens a round really kept, and the verification pass's cost in steps
+                             "refined": per_round / (g * costs["c"] + verify[g]),
+                             "end_to_end": speedup(whole["target"], whole[key]),
+                             "decoding_phase": speedup(phase["target"], phase[key]),
+                             "vs_hf_assisted": speedup(whole[f"HF assisted γ={g}"], whole[key]),
+                             "hf_assisted_vs_target": speedup(whole["target"], whole[f"HF assisted γ={g}"]),
+                             "ms_per_dialogue": whole[key].median / n * 1e3}
             # the formula models the decoding phase; end to end, both encoders come on top of it
             encoders = whole[key].median - phase[key].median
             row["predicted_end_to_end"] = whole["target"].median / (encoders + phase["target"].median / row["predicted"])
             row["of_predicted"] = row["end_to_end"] / row["predicted_end_to_end"]
             row["decoding_of_predicted"] = row["decoding_phase"] / row["predicted"]
-            print(f"T={temperature:g} γ={g}: α {a:.3f}, {per_round:.2f} tokens/round | end to end {row['end_to_end']:.2f}x "
-                  f"(predicted {row['predicted_end_to_end']:.2f}x: {row['of_predicted']:.0%}) | decoding phase "
-                  f"{row['decoding_phase']:.2f}x (formula {row['predicted']:.2f}x: {row['decoding_of_predicted']:.0%}; "
-                  f"refined {row['refined']:.2f}x) | vs HF assisted {row['vs_hf_assisted']:.2f}x (HF assisted vs "
-                  f"target {row['hf_assisted_vs_target']:.2f}x)")
+            row["decoding_of_refined"] = row["decoding_phase"] / row["refined"]
+            print(f"[{name}] T={temperature:g} γ={g}: α {a:.3f}, {per_round:.2f} tokens/round | end to end "
+                  f"{row['end_to_end']:.2f}x (predicted {row['predicted_end_to_end']:.2f}x: {row['of_predicted']:.0%}) | "
+                  f"decoding phase {row['decoding_phase']:.2f}x (formula {row['predicted']:.2f}x: "
+                  f"{row['decoding_of_predicted']:.0%}; refined {row['refined']:.2f}x: {row['decoding_of_refined']:.0%}) "
+                  f"| vs HF assisted {row['vs_hf_assisted']:.2f}x (HF assisted vs target {row['hf_assisted_vs_target']:.2f}x)")
         best = max(rows, key=lambda g: rows[g]["end_to_end"])
         result["by_temperature"][temperature] = {"target_ms_per_dialogue": whole["target"].median / n * 1e3,
                                                  "by_gamma": rows, "best_gamma": best}
-        print(f"T={temperature:g}: target alone {whole['target'].median / n * 1e3:.1f} ms per dialogue; best γ = "
-              f"{best}: {rows[best]['end_to_end']:.2f}x end to end, {rows[best]['of_predicted']:.0%} of the predicted "
-              f"{rows[best]['predicted_end_to_end']:.2f}x, {rows[best]['vs_hf_assisted']:.2f}x HF assisted")
-    result["alpha_table"] = {t: alpha_table(pair, Sampling(t), ngram_dialogues) for t in temperatures}
-    for t, table in result["alpha_table"].items():
-        print(f"α at T={t:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items()))
+        print(f"[{name}] T={temperature:g}: target alone {whole['target'].median / n * 1e3:.1f} ms per dialogue; "
+              f"best γ = {best}: {rows[best]['end_to_end']:.2f}x end to end, decoding phase "
+              f"{rows[best]['decoding_phase']:.2f}x ({rows[best]['decoding_of_refined']:.0%} of the refined "
+              f"{rows[best]['refined']:.2f}x), {rows[best]['vs_hf_assisted']:.2f}x HF assisted")
     return result

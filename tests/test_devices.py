@@ -23,7 +23,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import pidutils
-from pidutils import decode, pid, pie, t5
+from pidutils import decode, distribution, pid, pie, t5
 from pidutils import pipelined as pl
 from pidutils import speculative as sp
 from pidutils.models import pick_dtype, random_t5
@@ -106,15 +106,15 @@ def decoders(model, draft, tokenizer):
                                                                sp.Sampling(1.0, top_k=5, top_p=0.9), 6),
         "autoregressive sampled": lambda: sp.autoregressive(model, memory, sp.Sampling(1.0), 4,
                                                             generator=torch.Generator().manual_seed(0)),
-        "first_two_distribution": lambda: sp.first_two_distribution(model, t5.CrossMemory(
-            [k[:1] for k in memory.keys], [v[:1] for v in memory.values], memory.bias[:1]), sp.Sampling(1.0)),
+        "sequence_distribution": lambda: distribution.sequence_distribution(model, t5.CrossMemory(
+            [k[:1] for k in memory.keys], [v[:1] for v in memory.values], memory.bias[:1]), sp.Sampling(1.0), 2),
     }
 
 
 DECODERS = ["decode_n_tokens", "greedy_uncached", "pie_generate", "pid_generate", "pid_generate copy",
             "pid_reference", "pipelined_generate", "pipelined uncached", "algorithm1 cached_step",
             "teacher_forced_logits", "sequential_generate", "t5.greedy", "speculative greedy",
-            "speculative sampled", "autoregressive sampled", "first_two_distribution"]
+            "speculative sampled", "autoregressive sampled", "sequence_distribution"]
 
 
 @pytest.mark.parametrize("name", DECODERS)

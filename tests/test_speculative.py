@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pidutils import distribution as dist
 from pidutils import speculative as sp
 from pidutils import cost, t5, zoo
 from pidutils.fullstate import load_full_state
@@ -234,40 +235,24 @@ def small_pair():
     return target, draft, memory_of(target, source), memory_of(draft, source)
 
 
-def chi_square_of(tokens, exact):
-    return sp.chi_square(torch.bincount(sp.first_two_index(tokens, 6, 0), minlength=36), exact)
-
-
 def test_sampling_one_row_at_a_time_gives_the_target_distribution(small_pair):
-    """20,000 whole runs at b = 1: the test catches a 2% error (shown by the shifted sampler)."""
+    """20,000 whole runs of two tokens at b = 1 (longer runs, in batches: tests/test_distribution.py);
+    the test catches a 2% error at this sample size (shown by the shifted sampler)."""
     target, draft, mt, md = small_pair
     sampling = sp.Sampling(temperature=1.5)
-    exact = sp.first_two_distribution(target, mt, sampling)
+    exact = dist.sequence_distribution(target, mt, sampling, 2)
     generator = torch.Generator().manual_seed(0)
     runs = [sp.speculative_decode(target, draft, mt, md, 3, sampling, 2, 0, generator)[0] for _ in range(20_000)]
     runs = torch.cat([torch.nn.functional.pad(r, (0, 2 - r.shape[1])) for r in runs])
-    _, _, p_value = chi_square_of(runs, exact)
-    assert p_value > 0.01
+    observed = torch.bincount(dist.sequence_index(runs, 6, 2, 0), minlength=36)
+    assert dist.chi_square(observed, exact)[2] > 0.01
     # 2% of the mass moved between the two likeliest outcomes is caught at the same sample size
     a, b = exact.topk(2).indices
     shifted = exact.clone()
     shifted[a] -= 0.02
     shifted[b] += 0.02
     wrong = torch.multinomial(shifted, 20_000, replacement=True, generator=generator)
-    assert sp.chi_square(torch.bincount(wrong, minlength=36), exact)[2] < 0.01
-
-
-@pytest.mark.parametrize("sampling", [sp.Sampling(1.0), sp.Sampling(1.5, top_k=4), sp.Sampling(2.0, top_p=0.8)])
-def test_sampling_in_a_batch_gives_the_target_distribution(small_pair, sampling):
-    target, draft, mt, md = small_pair
-    exact = sp.first_two_distribution(target, mt, sampling)
-    generator = torch.Generator().manual_seed(1)
-    rows = 100_000
-    tokens, _ = sp.speculative_decode(target, draft, mt.repeated(rows), md.repeated(rows), 3, sampling, 2, 0,
-                                      generator)
-    assert chi_square_of(tokens, exact)[2] > 0.01
-    # the draft's own samples are far from the target's
-    assert chi_square_of(sp.autoregressive(draft, md.repeated(rows), sampling, 2, 0, generator), exact)[2] < 1e-6
+    assert dist.chi_square(torch.bincount(wrong, minlength=36), exact)[2] < 0.01
 
 
 def test_sampling_repeats_with_its_seed(shipped):
@@ -309,10 +294,14 @@ def test_the_speculative_experiment_reports_every_figure(capsys):
     from pidutils.experiments import speculative_speedups
     result = speculative_speedups(torch.device("cpu"), dialogues=2, repeats=1, gammas=(2,), temperatures=(0.0,),
                                   ngram_dialogues=20)
-    row = result["by_temperature"][0.0]["by_gamma"][2]
-    assert 0 < result["costs"]["c"] < 1 and result["verify_cost"][2] > 0
-    assert 0 <= row["alpha"] <= 1 and 1 <= row["tokens_per_round"] <= 3
-    assert row["predicted"] == pytest.approx(cost.speculative_speedup(row["alpha"], 2, result["costs"]["c"]))
-    assert all(row[k] > 0 for k in ("end_to_end", "decoding_phase", "vs_hf_assisted", "predicted_end_to_end"))
-    assert set(result["alpha_table"][0.0]) == {"unigram", "bigram", "trained draft"}
-    assert "best γ = 2" in capsys.readouterr().out
+    assert set(result["drafts"]) == {"seq-t5-tiny", "seq-t5-mini"} and result["verify_cost"][2] > 0
+    for draft in result["drafts"].values():
+        row, c = draft["by_temperature"][0.0]["by_gamma"][2], draft["costs"]["c"]
+        assert 0 < c < 1
+        assert 0 <= row["alpha"] <= 1 and 1 <= row["tokens_per_round"] <= 3
+        assert row["predicted"] == pytest.approx(cost.speculative_speedup(row["alpha"], 2, c))
+        assert row["refined"] == pytest.approx(row["tokens_per_round"] / (2 * c + result["verify_cost"][2]))
+        assert row["decoding_of_refined"] == pytest.approx(row["decoding_phase"] / row["refined"])
+        assert all(row[k] > 0 for k in ("end_to_end", "decoding_phase", "vs_hf_assisted", "predicted_end_to_end"))
+    assert set(result["alpha_table"][0.0]) == {"unigram", "bigram", "seq-t5-tiny", "seq-t5-mini"}
+    assert capsys.readouterr().out.count("best γ = 2") == 2

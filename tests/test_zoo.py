@@ -33,7 +33,7 @@ def test_shipped_pid_model_matches_the_copy_reference():
     torch.testing.assert_close(logits, ref_logits[:, :ids.shape[1]], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
+@pytest.mark.parametrize("name", sorted(set(zoo.RECIPES) - set(zoo.WEAK_DRAFTS)))
 def test_shipped_models_meet_the_jga_target_on_the_test_split(name):
     """The reports' figures; chapter 3 re-evaluates PID on the whole test split and asserts the same."""
     assert zoo.train_report(name)["test"]["jga"] >= 0.90
@@ -43,10 +43,13 @@ def test_the_pipelined_model_is_within_two_points_of_the_sequential_one():
     assert zoo.train_report("pipe-t5-tiny")["test"]["jga"] >= zoo.train_report("seq-t5-tiny")["test"]["jga"] - 0.02
 
 
-def test_the_speculative_target_costs_at_least_four_draft_steps():
-    """The figure ``python -m pidutils.zoo cost`` measured on the 2-core CPU and recorded in the report."""
-    record = zoo.train_report("seq-t5-deep")["cost_ratio"]
-    assert record["draft"] == "seq-t5-tiny" and record["c"] <= 0.25
+@pytest.mark.parametrize("draft", ["seq-t5-tiny", "seq-t5-mini"])
+def test_the_speculative_target_costs_at_least_four_draft_steps(draft):
+    """The figures ``python -m pidutils.zoo cost`` measured on the 2-core CPU and recorded in the report."""
+    record = zoo.train_report("seq-t5-deep")["cost_ratios"][draft]
+    assert record["draft"] == draft and record["c"] <= 0.25
+    # the weak draft's greedy α is in the range the issue asks for; the trained draft agrees almost always
+    assert 0.55 <= record["alpha_greedy"] <= 0.85 if draft in zoo.WEAK_DRAFTS else record["alpha_greedy"] > 0.95
     assert record["target_step_ms"] / record["draft_step_ms"] == pytest.approx(1 / record["c"])
     assert "2 threads" in record["machine"]
 
@@ -96,8 +99,21 @@ def test_a_deepened_init_computes_what_its_init_did():
                            shipped(**source, decoder_input_ids=decoder_ids).logits)
     added = model.get_decoder().block[2:]
     assert all(bool(block.layer[2].DenseReluDense.wi.weight.detach().abs().sum() > 0) for block in added)  # not zero
-    with pytest.raises(ValueError, match="num_decoder_layers must be at least the init's 2"):
-        initial_model(dataclasses.replace(recipe, num_decoder_layers=1), [])
+    with pytest.raises(ValueError, match="num_layers must be at most the init's 3"):
+        initial_model(dataclasses.replace(recipe, num_layers=4), [])
+
+
+def test_a_truncated_init_keeps_the_first_blocks_of_each_stack():
+    from pidutils.zoo.training import truncated
+    shipped, _ = zoo.load("seq-t5-tiny")
+    short = truncated(shipped, 1, 1)
+    assert (short.config.num_layers, short.config.num_decoder_layers) == (1, 1)
+    kept = short.state_dict()
+    for key, value in shipped.state_dict().items():
+        if ".block.0." in key or ".block." not in key:
+            assert torch.equal(kept[key], value), key
+        else:
+            assert key not in kept, key
 
 
 def test_total_training_flops_count_the_init_of_a_fine_tune():

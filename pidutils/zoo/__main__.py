@@ -1,7 +1,7 @@
 """``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint.
 
 ``python -m pidutils.zoo cost [--device cpu|cuda]``: measure chapter 5's cost ratio c (a draft step over
-a target step) and record it in the target's report."""
+a target step) for each of its drafts and record them in the target's report."""
 from __future__ import annotations
 
 import argparse
@@ -24,10 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
     if args.command == "cost":
-        from ..pair import TARGET, record_cost_ratio
-        record = record_cost_ratio(args.device)
-        print(f"{TARGET}: target step {record['target_step_ms']:.2f} ms, draft step {record['draft_step_ms']:.2f} ms, "
-              f"c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) on {record['machine']}")
+        from ..pair import DRAFTS, TARGET, record_cost_ratio
+        for draft in DRAFTS:
+            record = record_cost_ratio(args.device, draft=draft)
+            print(f"{TARGET} with {draft}: target step {record['target_step_ms']:.2f} ms, draft step "
+                  f"{record['draft_step_ms']:.2f} ms, c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) "
+                  f"on {record['machine']}")
         return 0
     model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
     result["recipe"] = recipe_dict(args.name)

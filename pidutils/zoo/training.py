@@ -25,9 +25,9 @@ from ..tokenizer import train_tokenizer
 from ..train import train
 from . import RECIPES, Recipe, load, new_model
 
-# What a fine-tune shares with its init: the shape (it may add decoder layers), and the data its
-# tokenizer was trained on.
-SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "vocab_size", "train_dialogues", "seed")
+# What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
+# add decoder blocks), and the data its tokenizer was trained on.
+SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "vocab_size", "train_dialogues", "seed")
 
 
 def decoder_tokens(batch: dict) -> int:
@@ -57,9 +57,8 @@ def check_init(recipe: Recipe) -> None:
     if differ:
         raise ValueError(f"init must name a checkpoint with the same {', '.join(SHARED)}; "
                          f"{recipe.init} differs in {', '.join(differ)}")
-    if recipe.num_decoder_layers < init.num_decoder_layers:
-        raise ValueError(f"num_decoder_layers must be at least the init's {init.num_decoder_layers}, "
-                         f"got {recipe.num_decoder_layers}")
+    if recipe.num_layers > init.num_layers:
+        raise ValueError(f"num_layers must be at most the init's {init.num_layers}, got {recipe.num_layers}")
 
 
 def initial_model(recipe: Recipe, dialogues: list[str]) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast]:
@@ -67,9 +66,28 @@ def initial_model(recipe: Recipe, dialogues: list[str]) -> tuple[T5ForConditiona
     check_init(recipe)
     if recipe.init:
         model, tokenizer = load(recipe.init)
-        return deepened(model, recipe.num_decoder_layers, recipe.seed), tokenizer
+        kept = truncated(model, recipe.num_layers, min(recipe.num_decoder_layers, model.config.num_decoder_layers))
+        return deepened(kept, recipe.num_decoder_layers, recipe.seed), tokenizer
     tokenizer = train_tokenizer(dialogues + [" ".join(SLOTS + [NONE, DONTCARE])] * 10, recipe.vocab_size)
     return new_model(recipe, len(tokenizer)), tokenizer
+
+
+def truncated(model: T5ForConditionalGeneration, num_layers: int, num_decoder_layers: int) -> T5ForConditionalGeneration:
+    """``model`` keeping only its first ``num_layers`` encoder and ``num_decoder_layers`` decoder blocks (chapter 5).
+
+    The first block of each stack holds T5's relative position bias, which every block uses, so it
+    is always kept; so are the embeddings, the final layer norms and the LM head.
+    """
+    config = model.config
+    if (num_layers, num_decoder_layers) == (config.num_layers, config.num_decoder_layers):
+        return model
+    shorter = T5ForConditionalGeneration(type(config).from_dict(
+        config.to_dict() | {"num_layers": num_layers, "num_decoder_layers": num_decoder_layers}))
+    depth = {"encoder": num_layers, "decoder": num_decoder_layers}
+    state = {key: value for key, value in model.state_dict().items()
+             if ".block." not in key or int(key.split(".block.")[1].split(".")[0]) < depth[key.split(".")[0]]}
+    shorter.load_state_dict(state)
+    return shorter.eval()
 
 
 def deepened(model: T5ForConditionalGeneration, num_decoder_layers: int, seed: int = 0) -> T5ForConditionalGeneration:
