@@ -10,9 +10,10 @@ use it, so the book and the command agree.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
@@ -54,13 +55,18 @@ class Pair:
 
     def select(self, start: int, stop: int) -> "Pair":
         """The same models on dialogues ``start`` to ``stop - 1``."""
-        return Pair(self.target, self.draft, self.tokenizer, self.documents[start:stop], self.gold[start:stop],
-                    self.draft_name)
+        return replace(self, documents=self.documents[start:stop], gold=self.gold[start:stop])
 
     def with_draft(self, name: str) -> "Pair":
         """The same target and dialogues with the draft ``name`` (one of :data:`DRAFTS`)."""
-        return Pair(self.target, load_draft(name, self.target, self.tokenizer), self.tokenizer, self.documents,
-                    self.gold, name)
+        return replace(self, draft=load_draft(name, self.target, self.tokenizer), draft_name=name)
+
+    def cast(self, dtype: torch.dtype) -> "Pair":
+        """The pair with copies of both models in ``dtype`` (itself if they are in it already): chapter 5
+        checks exactness in float32 and times in the device's own fast dtype (:func:`pidutils.models.pick_dtype`)."""
+        if self.target.dtype == dtype and self.draft.dtype == dtype:
+            return self
+        return replace(self, target=copy.deepcopy(self.target).to(dtype), draft=copy.deepcopy(self.draft).to(dtype))
 
 
 def load_draft(name: str, target: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast) -> T5ForConditionalGeneration:
