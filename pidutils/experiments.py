@@ -197,15 +197,19 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
     """Sequential against pipelined decoding of the full state, on the same test dialogues (chapter 4).
 
     Throughput end to end (the paper's examples per second) and in the decoding phase alone, at
-    b = 1 and batched; the ratio of time-steps; peak memory; JGA; the speed-up against the number of
-    subsequences (the paper's Figure 4); and Δt = 1..4 (its Table 5). Hugging Face ``generate`` on
-    the sequential model is a second, outside baseline.
+    b = 1 and batched; the ratio of time-steps; peak memory; the speed-up against the number of
+    subsequences (the paper's Figure 4); and Δt = 1..4 (its Table 5), timed on the first
+    ``dialogues`` test dialogues in :func:`pidutils.models.pick_dtype`. JGA on all 200 test
+    dialogues in fp32, with its standard error and each Δt paired with the sequential decoder
+    (McNemar). Hugging Face ``generate`` on the sequential model is a second, outside baseline.
     """
     from . import fullstate as fsm
     from .pipelined import DELTA_TS
-    fs = fsm.load_full_state(device, dialogues)
+    every = fsm.load_full_state(device, 200)
+    dtype = pick_dtype(device)
+    fs = every.select(0, dialogues).cast(dtype)
     n = len(fs.documents)
-    result = {"experiment": "pipelined", "setup": describe(device, fs.seq.dtype, models="seq/pipe-t5-tiny",
+    result = {"experiment": "pipelined", "setup": describe(device, dtype, models="seq/pipe-t5-tiny",
                                                            dialogues=n, delta_t=1),
               "throughput": {}}
     print(result["setup"])
@@ -229,19 +233,37 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
     one = fsm.runs(fs.select(0, batch), batch)
     result["peak_bytes"] = {name: peak_memory(one[name], device) for name in ("sequential", "pipelined")}
     print(f"peak memory, b={batch}: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in result["peak_bytes"].items()))
-    result["jga"] = {"sequential": fsm.jga(fs, "sequential"), "pipelined": fsm.jga(fs, "pipelined", 1)}
-    print(f"JGA: sequential {result['jga']['sequential']:.3f}, pipelined {result['jga']['pipelined']:.3f}")
+    result.update(_pipelined_quality(fsm, every))
     result["by_subsequences"] = fsm.subsequence_speedups(fs, device, repeats)
     print("speed-up by number of subsequences (Figure 4): " + ", ".join(
         f"{k}: {v:.2f}x" for k, v in sorted(result["by_subsequences"].items())))
     result["delta_t"] = {}
     t = compare({d: fsm.runs(fs, 1, d)["pipelined"] for d in DELTA_TS}, device, warmup=1, repeats=repeats)
     for d in DELTA_TS:
-        result["delta_t"][d] = {"jga": fsm.jga(fs, "pipelined", d), "examples_per_s": n / t[d].median,
+        result["delta_t"][d] = {"examples_per_s": n / t[d].median,
                                 "steps": sum(fsm.pipelined_steps_taken(fs, d)) / n}
-        print(f"Δt={d}: JGA {result['delta_t'][d]['jga']:.3f}, {result['delta_t'][d]['examples_per_s']:.1f} ex/s, "
+        print(f"Δt={d}: {result['delta_t'][d]['examples_per_s']:.1f} ex/s, "
               f"{result['delta_t'][d]['steps']:.1f} steps per dialogue")
     return result
+
+
+def _pipelined_quality(fsm, every) -> dict:
+    """JGA of the sequential decoder and of the pipelined one at every Δt, on ``every`` dialogue,
+    with binomial standard errors and each Δt paired with the sequential decoder."""
+    from .pipelined import DELTA_TS
+    out = fsm.outcomes(every, DELTA_TS)
+    jga = {"dialogues": len(out.sequential),
+           "sequential": {"jga": out.jga("sequential"), "stderr": fsm.standard_error(out.sequential)}}
+    print(f"JGA on {jga['dialogues']} test dialogues: sequential {out.jga('sequential'):.3f} "
+          f"± {jga['sequential']['stderr']:.3f}")
+    for d in DELTA_TS:
+        only_seq, only_pipe, p = fsm.paired(out.sequential, out.pipelined[d])
+        jga[f"pipelined, Δt={d}"] = {"jga": out.jga(d), "stderr": fsm.standard_error(out.pipelined[d]),
+                                     "only_sequential_right": only_seq, "only_pipelined_right": only_pipe,
+                                     "mcnemar_p": p}
+        print(f"  pipelined, Δt={d}: {out.jga(d):.3f} ± {fsm.standard_error(out.pipelined[d]):.3f}; "
+              f"only sequential right {only_seq}, only pipelined right {only_pipe}, McNemar p = {p:.2f}")
+    return {"jga": jga}
 
 
 @experiment("speculative")
