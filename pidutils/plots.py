@@ -193,7 +193,7 @@ def pie_pid_diagram(U: int = 3) -> plt.Figure:
         _box(left, 6.2, y, 1.6, 0.8, "decoder", "#d8efd3")
         _arrow(left, 7.8, y + 0.4, 8.4, y + 0.4)
         left.text(8.5, y + 0.4, f"$Y_{name}$", va="center", fontsize=9)
-        _box(right, 4.9, y, 2.6, 0.8, f"decoder\n<s> $Z_{name}$ :", "#d8efd3")
+        _box(right, 4.9, y, 2.6, 0.8, f"decoder\n<pad> $Z_{name}$ :", "#d8efd3")
         _arrow(right, 3.7, U * 0.6 + 0.2, 4.9, y + 0.4)
         _arrow(right, 7.5, y + 0.4, 8.2, y + 0.4)
         right.text(8.3, y + 0.4, f"$Y_{name}$", va="center", fontsize=9)
