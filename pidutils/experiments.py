@@ -272,9 +272,10 @@ def _pipelined_quality(fsm, every) -> dict:
 @experiment("speculative")
 def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                          gammas: tuple[int, ...] = tuple(range(1, 9)), temperatures: tuple[float, ...] = (0.0, 1.0),
-                         ngram_dialogues: int = 2000) -> dict:
-    """Target-only against speculative decoding with each of chapter 5's drafts, for each γ, at T = 0
-    and T = 1, on the same test dialogues one at a time (chapter 5).
+                         ngram_dialogues: int = 2000, drafts: tuple[str, ...] = ()) -> dict:
+    """Target-only against speculative decoding with each of chapter 5's drafts (``drafts``; all of
+    :data:`pidutils.pair.DRAFTS` when empty), for each γ, at T = 0 and T = 1, on the same test
+    dialogues one at a time (chapter 5).
 
     Per draft (:func:`speculative_draft`): whole requests and the decoding phase alone, the measured
     α, c and speed-up beside the formula's prediction and a refined one; then α of unigram and
@@ -290,7 +291,7 @@ def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int
     result["verify_cost"] = {g: verify_cost(pair, g) for g in gammas}
     print("a target pass over γ+1 tokens, in target steps: " +
           ", ".join(f"γ={g}: {v:.2f}" for g, v in result["verify_cost"].items()))
-    for name in DRAFTS:
+    for name in drafts or DRAFTS:
         result["drafts"][name] = speculative_draft(pair.with_draft(name), device, result["verify_cost"], repeats,
                                                    gammas, temperatures)
     result["alpha_table"] = {t: alpha_table(pair, Sampling(t), ngram_dialogues, drafts=DRAFTS[1:]) for t in temperatures}

@@ -192,7 +192,7 @@ def test_an_encoder_only_model_is_refused(setup):
 
 def test_the_pipelined_experiment_reports_every_figure(capsys):
     from pidutils.experiments import pipelined_speedups
-    result = pipelined_speedups(torch.device("cpu"), dialogues=3, batch=2, repeats=1)
+    result = pipelined_speedups(torch.device("cpu"), dialogues=3, batch=2, repeats=1, quality_dialogues=3)
     assert set(result["throughput"]) == {"b=1, end to end", "b=1, decoding phase", "b=2, end to end",
                                          "b=2, decoding phase"}
     assert all(row["speedup"] > 0 for row in result["throughput"].values())
@@ -223,3 +223,13 @@ def test_a_decoding_steps_bias_is_the_general_one():
         padded = sub_k.masked_fill(~valid_k, pl.PAD_SUB)  # as decoding marks padding
         assert torch.equal(pl.step_bias(table, sub_q, sub_q + time, padded, padded + time_k),
                            pl.self_bias(table, sub_q, time_q, sub_k, time_k, valid_k))
+
+
+def test_paired_counts_the_dialogues_only_one_decoder_gets_right_and_tests_them_exactly():
+    from pidutils.fullstate import paired, standard_error
+    assert paired([True, False], [False, False]) == (1, 0, 1.0)
+    assert paired([True] * 6, [False] * 6) == (6, 0, pytest.approx(2 / 2 ** 6))  # 6 to 0: p = 2 · 0.5^6
+    assert paired([True, True, False], [True, False, True])[:2] == (1, 1)
+    assert standard_error([True, False, True, False]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        paired([True], [True, False])
