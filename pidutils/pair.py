@@ -208,9 +208,9 @@ def step_costs(pair: Pair, index: int = 0, repeats: int = 5) -> dict[str, float]
 def record_cost_ratio(device: torch.device | str = "cpu", repeats: int = 20, *, draft: str = DRAFT) -> dict:
     """Measure c for the target and the draft ``draft`` (:func:`step_costs`) and write it into the
     target's training report under ``cost_ratios[draft]``, with the draft's greedy α on the first
-    :data:`ALPHA_DIALOGUES` test dialogues: ``python -m pidutils.zoo cost``. The issue asks for a
-    target step of at least 4 draft steps on the 2-core CPU, and for one draft of α 0.55 to 0.85;
-    ``tests/test_zoo.py`` checks the recorded figures."""
+    :data:`ALPHA_DIALOGUES` test dialogues: ``python -m pidutils.zoo cost``. The book wants a
+    target step of at least 4 draft steps on the 2-core CPU, and one draft of α 0.55 to 0.85
+    (chapter 5); ``tests/test_zoo.py`` checks the recorded figures."""
     pair = load_pair(device, dialogues=ALPHA_DIALOGUES, draft=draft)
     costs = step_costs(pair, repeats=repeats)
     record = {"draft": draft, "alpha_greedy": alpha_table(pair, ngram_dialogues=1)[draft],
@@ -290,7 +290,8 @@ def alpha_table(pair: Pair, sampling: Sampling = Sampling(), ngram_dialogues: in
     At each position of the target's greedy output, β = Σ min(p, q) between the target's warped
     distribution and each draft's: unigram and bigram models of the training targets, the pair's
     draft, and the shipped drafts named in ``drafts``, by name. At temperature 0, β is 1 where
-    the argmaxes agree and 0 elsewhere.
+    the argmaxes agree and 0 elsewhere; at T > 0 the target's greedy output stands in for the
+    sampled prefixes the paper's expectation runs over.
     """
     vocab, start = pair.target.config.vocab_size, pair.target.config.decoder_start_token_id
     sequences = training_targets(pair.tokenizer, ngram_dialogues)

@@ -37,17 +37,21 @@ PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 
 
 _PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
 _PIPE_4090 = "one RTX 4090, batch 1"
-_PIPE_TABLE5 = f"backbone not stated (its Δt = 1 row is Table 4's T5-Base); {_PIPE_4090} (§4.3)"
-_SPEC = "T5-XXL (11B) target, T5-small draft; hardware not stated in the slides"
+_PIPE_TABLE5 = (f"WikiHowQA test set, backbone not stated (its Δt = 1 row is Table 4's T5-Base); "
+                f"{_PIPE_4090} (§4.3)")
+_SPEC = "T5-XXL (11B) target, T5-small draft; batch size and hardware not stated in the slides"
 
 QUOTES: dict[str, Quote] = {
     # --- Lu et al. 2024, PID (chapters 2 and 3) ---------------------------------------------------
-    "pid.flops": Quote("0.1×", "PID's inference FLOPs over PIE's", "lu2024encode", "Table 3", _PID_A100),
+    "pid.flops": Quote("0.1×", "PID's inference FLOPs over PIE's (counted with calflops, §4.2)", "lu2024encode",
+                       "Table 3", "T5-base, MultiWOZ 2.4 (512 test instances, §4.2), U = 30"),
     "pid.speedup": Quote("1.9×", "PID's speed-up over PIE, one instance", "lu2024encode", "Table 3", _PID_A100),
     "pid.speedup_batched": Quote("4.6×", "PID's speed-up over PIE, batched at the optimal batch size",
                                  "lu2024encode", "Table 3", _PID_A100),
-    "pid.jga_pie": Quote("76.3", "PIE-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
-    "pid.jga_pid": Quote("75.5", "PID-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3", _PID_A100),
+    "pid.jga_pie": Quote("76.3", "PIE-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3",
+                         "T5-base, MultiWOZ 2.4 test set, U = 30"),
+    "pid.jga_pid": Quote("75.5", "PID-T5-base's joint goal accuracy (%)", "lu2024encode", "Table 3",
+                         "T5-base, MultiWOZ 2.4 test set, U = 30"),
     "pid.latency_pie": Quote("146 ms", "PIE-T5-base's latency per instance (a dialogue history), instances "
                              "one at a time (§4.2)", "lu2024encode", "Table 6", _PID_A100),
     "pid.latency_pid": Quote("78 ms", "PID-T5-base's latency per instance (a dialogue history), instances "
@@ -73,20 +77,20 @@ QUOTES: dict[str, Quote] = {
                                  "MultiWOZ 2.4, one NVIDIA A40"),
     # --- Huang et al. 2025, pipelined decoding (chapter 4) -------------------------------------------
     "pipe.msqa_speedup": Quote("1.7×", "pipelined over sequential throughput, MSQA", "huang2025pipelined",
-                               "Table 2", f"T5-Base, {_PIPE_4090}"),
+                               "Table 2", f"MSQA, T5-Base (T5-Large too), {_PIPE_4090}"),
     "pipe.kp20k_speedup": Quote("2.0×", "pipelined over sequential throughput, KP20K", "huang2025pipelined",
-                                "Table 3", f"T5-Base, {_PIPE_4090}"),
+                                "Table 3", f"KP20K, T5-Base (T5-Large too), {_PIPE_4090}"),
     "pipe.pubmed_speedup": Quote("7.0×", "pipelined over sequential throughput, PubMed", "huang2025pipelined",
-                                 "Table 4", f"T5-Large, {_PIPE_4090}"),
+                                 "Table 4", f"PubMed, T5-Large, {_PIPE_4090}"),
     "pipe.kp20k_f1": Quote("33.7 → 27.8", "KP20K present-keyphrase F1@5, sequential → pipelined",
-                           "huang2025pipelined", "Table 3", f"T5-Base, {_PIPE_4090}"),
+                           "huang2025pipelined", "Table 3", f"KP20K, T5-Base, {_PIPE_4090}"),
     "pipe.wikihow_subsequences": Quote("1.8× → 5.1×", "speed-up from 2 to 9 subsequences, WikiHowQA",
                                        "huang2025pipelined", "Figure 4 and §5.3",
                                        f"WikiHowQA, backbone not stated; {_PIPE_4090} (§4.3)"),
     "pipe.msqa_em": Quote("72.3 → 71.5", "MSQA test exact-match F1, sequential → pipelined",
-                          "huang2025pipelined", "Table 2", f"T5-Base, {_PIPE_4090}"),
+                          "huang2025pipelined", "Table 2", f"MSQA test set, T5-Base, {_PIPE_4090}"),
     "pipe.msqa_memory": Quote("1,802 M → 1,798 M", "GPU memory, sequential → pipelined, MSQA",
-                              "huang2025pipelined", "Table 2", f"T5-Base, {_PIPE_4090}"),
+                              "huang2025pipelined", "Table 2", f"MSQA, T5-Base, {_PIPE_4090}"),
     "pipe.phrase_subsequences": Quote("2.9 of 3.0 words (MSQA), 5.3 of 2.0 (KP20K)",
                                       "subsequences per target, and words per subsequence, phrase-level data",
                                       "huang2025pipelined", "Table 1", "dataset statistics"),
