@@ -57,7 +57,7 @@ def decode_cache(device: torch.device, shape: str = "t5-small", batch: int = 1, 
         "cached_tokens_per_s": batch * new_tokens / t["cached"].median,
         "cached_bandwidth_GBps": step.bytes * new_tokens / t["cached"].median / 1e9,
     }
-    print(result["setup"])
+    print(result["setup"].replace(" | model=", "\nmodel="))
     print(f"uncached decoding: {t['uncached']}")
     print(f"cached decoding:   {t['cached']}")
     print(f"KV-cache speed-up: {result['speedup']:.2f}x  "

@@ -30,6 +30,14 @@ class Panel:
         display(self.box)
 
 
+class PanelBox(widgets.VBox):
+    """The panel's box, whose plain-text form names its controls instead of dumping every trait
+    (that form is what a notebook saves beside the widget, and what a page without widgets shows)."""
+
+    def __repr__(self) -> str:
+        return "slider panel: " + ", ".join(c.description for c in self.children)
+
+
 def slider_panel(callback: Callable[..., object], **ranges: tuple[int, int, int, int] | list) -> Panel:
     """A panel with one integer slider per keyword given as ``name=(min, max, step, value)``, and one
     row of buttons per keyword given as a list of choices, ``name=[first, second, ...]`` (the first
@@ -42,7 +50,7 @@ def slider_panel(callback: Callable[..., object], **ranges: tuple[int, int, int,
         raise ValueError("ranges must define at least one slider, as name=(min, max, step, value)")
     controls = {name: choice_buttons(name, spec) if isinstance(spec, list) else int_slider(name, *spec)
                 for name, spec in ranges.items()}
-    panel = Panel(controls, callback, widgets.VBox(list(controls.values())))
+    panel = Panel(controls, callback, PanelBox(list(controls.values())))
     for control in controls.values():
         control.observe(lambda change: callback(**panel.values()), names="value")
     return panel
