@@ -103,6 +103,16 @@ def check_prompt_lists(prompts: Any) -> None:
             check_text(f"prompts[{i}][{j}]", prompt)
 
 
+def check_prompts(documents: Any, prompts: Any) -> None:
+    """``documents`` a list of strings and ``prompts`` a list of lists of strings, one list (U >= 1)
+    per document, with no empty text (chapters 2 and 3)."""
+    check_documents(documents)
+    check_prompt_lists(prompts)
+    if len(prompts) != len(documents):
+        raise ValueError(f"documents and prompts must have the same batch size, got {len(documents)} "
+                         f"documents and {len(prompts)} prompt lists")
+
+
 def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 

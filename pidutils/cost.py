@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .checks import check_choice, check_float, check_int
 
-METHODS = ("pie", "pid")
+TABLE1_METHODS = ("pie", "pid")  # the methods of the PID paper's Table 1
 COMPONENTS = ("encoder_self_attention", "decoder_self_attention", "cross_attention")
 
 
@@ -46,7 +46,7 @@ class Cost:
 
 
 def _check_shapes(method: str, U: int, b: int, n_s: int, n_t: int, d: int, n_p: int) -> None:
-    check_choice("method", method, METHODS)
+    check_choice("method", method, TABLE1_METHODS)
     check_int("U", U, 1)
     check_int("b", b, 1)
     check_int("n_s", n_s, 1)
@@ -143,7 +143,7 @@ COMPONENT_FUNCTIONS = {
 
 def book_table(U: int, b: int, n_s: int, n_t: int, d: int, n_p: int = 0) -> dict[tuple[str, str], Cost]:
     """Every (component, method) cell as this book counts it: :func:`table1` plus :func:`book_terms`."""
-    return {(c, m): COMPONENT_FUNCTIONS[c](m, U, b, n_s, n_t, d, n_p) for c in COMPONENTS for m in METHODS}
+    return {(c, m): COMPONENT_FUNCTIONS[c](m, U, b, n_s, n_t, d, n_p) for c in COMPONENTS for m in TABLE1_METHODS}
 
 
 def inverse_intensity_ratio(component: str, U: int, b: int, n_s: int, n_t: int, d: int,

@@ -19,7 +19,8 @@ from datasets import Dataset, DatasetDict
 from .checks import check_choice, check_int, check_text
 
 NONE, DONTCARE = "none", "dontcare"
-SLOT_VALUE = " : "  # between a slot and its value in a full-state subsequence
+SEPARATOR = " : "  # after a prompt: "Z_u : X" (PIE), "Z_u :" (PID's decoder prefix), "slot : value"
+SEQUENTIAL_SEPARATOR = " , "  # between subsequences when the whole state is one sequence
 
 AREAS = ["north", "south", "east", "west", "centre"]
 PRICES = ["cheap", "moderate", "expensive"]
@@ -264,7 +265,13 @@ def pie_source(prompt: str, document: str) -> str:
     """PIE's encoder input X + Z_u: the prompt, then the document."""
     check_text("prompt", prompt)
     check_text("document", document)
-    return f"{prompt} : {document}"
+    return f"{prompt}{SEPARATOR}{document}"
+
+
+def pid_prefix(prompt: str) -> str:
+    """PID's decoder prefix Z_u after the start token: the prompt and the separator, "Z_u :" (chapter 3)."""
+    check_text("prompt", prompt)
+    return f"{prompt}{SEPARATOR}".rstrip()
 
 
 def pie_view(split: Dataset) -> Dataset:
@@ -282,7 +289,7 @@ def pid_view(split: Dataset) -> Dataset:
 
 def state_subsequence(slot: str, value: str) -> str:
     """One subsequence of the full state: "slot : value" (the tokenizer knows ':' but not '=')."""
-    return f"{slot}{SLOT_VALUE}{value}"
+    return f"{slot}{SEPARATOR}{value}"
 
 
 def full_state_view(split: Dataset) -> Dataset:
@@ -293,6 +300,16 @@ def full_state_view(split: Dataset) -> Dataset:
                               for r in split])
 
 
+def sequential_target(subsequences: Sequence[str]) -> str:
+    """The whole state as one sequence: the subsequences joined by :data:`SEQUENTIAL_SEPARATOR` (chapter 4)."""
+    return SEQUENTIAL_SEPARATOR.join(subsequences)
+
+
+def split_sequential(text: str) -> list[str]:
+    """The inverse of :func:`sequential_target`: one generated sequence cut into its subsequences."""
+    return [s.strip() for s in text.split(SEQUENTIAL_SEPARATOR.strip()) if s.strip()]
+
+
 def parse_state(subsequences: Sequence[str], slots: Sequence[str] = SLOTS) -> list[str]:
     """The value of each of ``slots`` in generated "slot : value" subsequences; "none" if unmentioned.
 
@@ -301,7 +318,7 @@ def parse_state(subsequences: Sequence[str], slots: Sequence[str] = SLOTS) -> li
     """
     state: dict[str, str] = {}
     for text in subsequences:
-        slot, sep, value = text.strip().partition(SLOT_VALUE.strip())
+        slot, sep, value = text.strip().partition(SEPARATOR.strip())
         slot, value = slot.strip(), value.strip()
         if sep and slot in SLOTS and value:
             state.setdefault(slot, value)

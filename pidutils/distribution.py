@@ -100,8 +100,8 @@ def speculative_samples(target: T5ForConditionalGeneration, draft: T5ForConditio
     check_int("batches", batches, 1)
     runs, counts = [], {"rounds": 0, "fallen": 0, "long_runs": 0}
     for _ in range(batches):
-        tokens, stats = speculative_decode(target, draft, target_memory, draft_memory, gamma, sampling, length,
-                                           target.config.pad_token_id, generator)
+        tokens, stats = speculative_decode(target, draft, target_memory, draft_memory, gamma=gamma, sampling=sampling,
+                                           max_new_tokens=length, pad=target.config.pad_token_id, generator=generator)
         runs.append(F.pad(tokens, (0, length - tokens.shape[1]), value=target.config.pad_token_id))
         for r in stats.rounds:
             counts["rounds"] += 1

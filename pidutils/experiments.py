@@ -9,13 +9,16 @@ from collections.abc import Callable
 
 import torch
 
+from . import drafts, measure, zoo
 from .bench import Timing, compare, describe, peak_memory, speedup, time_fn
 from .checks import check_choice
-from .cost import Device, forward_work
+from .cost import Device, forward_work, speculative_speedup
 from .decode import decode_n_tokens, greedy_uncached
 from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
-from .multiprompt import (EVERY_METHOD, METHODS, REFERENCE, answer_fn, encoder_tokens, predicted_work,
+from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, predicted_work,
                           shape_of, workload)
+from .pipelined import DELTA_TS
+from .speculative import Sampling
 
 EXPERIMENTS: dict[str, Callable[[torch.device], dict]] = {}
 
@@ -91,7 +94,6 @@ def decode_latency(model, device: torch.device, roof: Device, batch: int, new_to
 def _multiprompt_models(device: torch.device, shape: str | None):
     """Each method's (model, tokenizer), :data:`REFERENCE` included: the shipped tiny checkpoints,
     or one random model at ``shape``."""
-    from . import zoo
     if shape is None:
         pie, pid = zoo.load("pie-t5-tiny", device), zoo.load("pid-t5-tiny", device)
         return {"PIE": pie, REFERENCE: pie, "PID-copy": pid, "PID-shared": pid}, "shipped tiny"
@@ -125,7 +127,6 @@ def pie_latency(device: torch.device, Us: tuple[int, ...] = (1, 5, 10, 30), repe
     """PIE's latency per dialogue as U grows, with the shipped ``pie-t5-tiny`` (chapter 2): on the
     book's cached decoder loop (``PIE``) and through Hugging Face's ``generate`` (``PIE-generate``),
     timed interleaved."""
-    from . import zoo
     model, tokenizer = zoo.load("pie-t5-tiny", device)
     split = zoo.test_split("pie-t5-tiny")
     result = {"experiment": "pie", "setup": describe(device, model.dtype, model="pie-t5-tiny", b=1), "rows": []}
@@ -153,7 +154,6 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
     random models at T5-base shapes (latency depends on shapes only), which never stop early, so
     every method decodes 8 tokens.
     """
-    from . import zoo
     shape = shape or ("t5-base" if device.type == "cuda" else None)
     methods, what = _multiprompt_models(device, shape)
     split = zoo.test_split("pid-t5-tiny")
@@ -171,19 +171,19 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
                 raise AssertionError("PIE on the book's loop and through generate disagree")
             t = time_methods(methods, split, device, U, b, repeats)
             shapes = {m: shape_of(tok, documents, prompts, answers[m]) for m, (_, tok) in methods.items()}
-            flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in METHODS}
+            flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in LOOP_METHODS}
             row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in EVERY_METHOD},
                    "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),
                    "speedup_vs_copy": speedup(t["PID-copy"], t["PID-shared"]),
                    "speedup_vs_generate": speedup(t[REFERENCE], t["PID-shared"]),
                    "flops_ratio": flops["PID-shared"] / flops["PIE"],
-                   **{f"{m}_peak_bytes": peak_memory(runs[m], device) for m in METHODS}}
+                   **{f"{m}_peak_bytes": peak_memory(runs[m], device) for m in LOOP_METHODS}}
             result["rows"].append(row)
             print(f"b={b} U={U:2d}: PIE {t['PIE'].median * 1e3:8.1f} ms (generate {t[REFERENCE].median * 1e3:8.1f})"
                   f" | PID-copy {t['PID-copy'].median * 1e3:7.1f} | PID-shared {t['PID-shared'].median * 1e3:7.1f}"
                   f" | vs PIE {row['speedup_vs_pie']:5.2f}x | vs copy {row['speedup_vs_copy']:4.2f}x"
                   f" | FLOPs {row['flops_ratio']:.3f}x | peak MB "
-                  + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in METHODS))
+                  + "/".join(f"{row[m + '_peak_bytes'] / 2**20:.1f}" for m in LOOP_METHODS))
     if len(batches) > 1:
         result["optimal"] = _optimal_batch(result["rows"], max(Us))
         o = result["optimal"]
@@ -192,163 +192,185 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
     return result
 
 
+def key(name: str) -> str:
+    """A way's name as an ASCII key of a result row: ``"HF generate"`` -> ``"HF_generate"``."""
+    return name.replace(" ", "_").replace("=", "")
+
+
 @experiment("pipelined")
 def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8, repeats: int = 3,
                        quality_dialogues: int = 200) -> dict:
     """Sequential against pipelined decoding of the full state, on the same test dialogues (chapter 4).
 
-    Throughput end to end (the paper's examples per second) and in the decoding phase alone, at
-    b = 1 and batched; the ratio of time-steps; peak memory; the speed-up against the number of
-    subsequences (the paper's Figure 4); and Δt = 1..4 (its Table 5), timed on the first
+    Seconds and throughput end to end (the paper's examples per second) and in the decoding phase
+    alone, at b = 1 and batched; the ratio of time-steps; peak memory; the speed-up against the
+    number of subsequences (the paper's Figure 4); and Δt = 1..4 (its Table 5), timed on the first
     ``dialogues`` test dialogues in :func:`pidutils.models.pick_dtype`. JGA (``jga``, at Δt = 1) on
     the first ``quality_dialogues`` (all 200 by default) in fp32, and in ``quality`` with its
-    standard error and each Δt paired with the sequential decoder (McNemar). Hugging Face ``generate`` on the sequential model is a second, outside baseline.
+    standard error and each Δt paired with the sequential decoder (McNemar). Hugging Face
+    ``generate`` on the sequential model is a second, outside baseline.
     """
-    from . import fullstate as fsm
-    from .pipelined import DELTA_TS
-    every = fsm.load_full_state(device, max(dialogues, quality_dialogues))
+    every = measure.load_testbed(measure.FULL_STATE, device=device, dialogues=max(dialogues, quality_dialogues))
     dtype = pick_dtype(device)
-    fs = every.select(0, dialogues).cast(dtype)
-    n = len(fs.documents)
-    result = {"experiment": "pipelined", "setup": describe(device, dtype, models="seq/pipe-t5-tiny",
-                                                           dialogues=n, delta_t=1),
-              "throughput": {}}
+    bed = every.select(0, dialogues).cast(dtype)
+    n = len(bed.documents)
+    result = {"experiment": "pipelined", "setup": describe(device, dtype, models="seq/pipe-t5-tiny", dialogues=n,
+                                                           delta_t=1), "throughput": []}
     print(result["setup"])
     for b in (1, batch):
         for phase, decoding_only in (("end to end", False), ("decoding phase", True)):
-            t = compare(fsm.runs(fs, b, 1, decoding_only), device, warmup=1, repeats=repeats)
-            row = {name: n / timing.median for name, timing in t.items()}
-            row["speedup"] = speedup(t["sequential"], t["pipelined"])
+            t = compare(measure.runs(bed, measure.full_state_ways(), b=b, decoding_only=decoding_only), device,
+                        warmup=1, repeats=repeats)
+            row = {"b": b, "phase": phase, **{f"{key(name)}_s": timing.median for name, timing in t.items()},
+                   **{f"{key(name)}_per_s": n / timing.median for name, timing in t.items()},
+                   "speedup": speedup(t["sequential"], t["pipelined"])}
             if "HF generate" in t:
                 row["speedup_vs_hf"] = speedup(t["HF generate"], t["pipelined"])
-            result["throughput"][f"b={b}, {phase}"] = row
-            print(f"b={b} {phase:15s}: " + " | ".join(f"{k} {v:6.1f} ex/s" for k, v in row.items() if "speedup" not in k)
+            result["throughput"].append(row)
+            print(f"b={b} {phase:15s}: " + " | ".join(f"{name} {n / timing.median:6.1f} ex/s" for name, timing in t.items())
                   + f" | pipelined/sequential {row['speedup']:.2f}x"
                   + (f" | pipelined/HF generate {row['speedup_vs_hf']:.2f}x (a different baseline)"
                      if "speedup_vs_hf" in row else ""))
-    seq_steps, pipe_steps = fsm.sequential_steps(fs), fsm.pipelined_steps_taken(fs, 1)
+    ways = measure.full_state_ways(hugging_face=False)
+    seq_steps, pipe_steps = (measure.steps_taken(bed, ways[name]) for name in ("sequential", "pipelined"))
     result["steps"] = {"sequential": sum(seq_steps) / n, "pipelined": sum(pipe_steps) / n,
                        "ratio": sum(seq_steps) / sum(pipe_steps)}
     print(f"time-steps per dialogue: sequential {result['steps']['sequential']:.1f}, pipelined "
           f"{result['steps']['pipelined']:.1f}: ratio {result['steps']['ratio']:.2f}x (the speed-up's upper bound)")
-    one = fsm.runs(fs.select(0, batch), batch)
-    result["peak_bytes"] = {name: peak_memory(one[name], device) for name in ("sequential", "pipelined")}
+    one = measure.runs(bed.select(0, batch), ways, b=batch)
+    result["peak_bytes"] = {name: peak_memory(fn, device) for name, fn in one.items()}
     print(f"peak memory, b={batch}: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in result["peak_bytes"].items()))
-    result["quality"] = _pipelined_quality(fsm, every.select(0, quality_dialogues))
-    result["jga"] = {name: result["quality"][key]["jga"] for name, key in
-                     (("sequential", "sequential"), ("pipelined", "pipelined, Δt=1"))}
-    result["by_subsequences"] = fsm.subsequence_speedups(fs, device, repeats)
+    result["quality"] = pipelined_quality(every.select(0, quality_dialogues))
+    result["jga"] = {"sequential": result["quality"]["sequential"]["jga"],
+                     "pipelined": result["quality"]["pipelined delta_t=1"]["jga"]}
+    result["by_subsequences"] = measure.subsequence_speedups(bed, repeats=repeats)
     print("speed-up by number of subsequences (Figure 4): " + ", ".join(
         f"{k}: {v:.2f}x" for k, v in sorted(result["by_subsequences"].items())))
-    result["delta_t"] = {}
-    t = compare({d: fsm.runs(fs, 1, d)["pipelined"] for d in DELTA_TS}, device, warmup=1, repeats=repeats)
-    for d in DELTA_TS:
-        result["delta_t"][d] = {"examples_per_s": n / t[d].median,
-                                "steps": sum(fsm.pipelined_steps_taken(fs, d)) / n}
-        print(f"Δt={d}: {result['delta_t'][d]['examples_per_s']:.1f} ex/s, "
-              f"{result['delta_t'][d]['steps']:.1f} steps per dialogue")
+    deltas = {d: measure.pipelined_way(delta_t=d) for d in DELTA_TS}
+    t = compare({d: measure.runs(bed, {"pipelined": way})["pipelined"] for d, way in deltas.items()}, device,
+                warmup=1, repeats=repeats)
+    result["delta_t"] = []
+    for d, way in deltas.items():
+        row = {"delta_t": d, "seconds": t[d].median, "examples_per_s": n / t[d].median,
+               "steps": sum(measure.steps_taken(bed, way)) / n}
+        result["delta_t"].append(row)
+        print(f"Δt={d}: {row['examples_per_s']:.1f} ex/s, {row['steps']:.1f} steps per dialogue")
     return result
 
 
-def _pipelined_quality(fsm, every) -> dict:
-    """JGA of the sequential decoder and of the pipelined one at every Δt, on ``every`` dialogue,
-    with binomial standard errors and each Δt paired with the sequential decoder."""
-    from .pipelined import DELTA_TS
-    out = fsm.outcomes(every, DELTA_TS)
-    jga = {"dialogues": len(out.sequential),
-           "sequential": {"jga": out.jga("sequential"), "stderr": fsm.standard_error(out.sequential)}}
-    print(f"JGA on {jga['dialogues']} test dialogues: sequential {out.jga('sequential'):.3f} "
-          f"± {jga['sequential']['stderr']:.3f}")
-    for d in DELTA_TS:
-        only_seq, only_pipe, p = fsm.paired(out.sequential, out.pipelined[d])
-        jga[f"pipelined, Δt={d}"] = {"jga": out.jga(d), "stderr": fsm.standard_error(out.pipelined[d]),
-                                     "only_sequential_right": only_seq, "only_pipelined_right": only_pipe,
-                                     "mcnemar_p": p}
-        print(f"  pipelined, Δt={d}: {out.jga(d):.3f} ± {fsm.standard_error(out.pipelined[d]):.3f}; "
-              f"only sequential right {only_seq}, only pipelined right {only_pipe}, McNemar p = {p:.2f}")
-    return jga
+def pipelined_quality(bed: measure.Testbed) -> dict:
+    """JGA of the sequential decoder and of the pipelined one at every Δt, on every dialogue of
+    ``bed``, with binomial standard errors and each Δt paired with the sequential decoder."""
+    ways = {"sequential": measure.sequential_way()} | {f"pipelined delta_t={d}": measure.pipelined_way(delta_t=d)
+                                                        for d in DELTA_TS}
+    right = measure.outcomes(bed, ways)
+    sequential = right.pop("sequential")
+    quality = {"dialogues": len(sequential), "sequential": {"jga": sum(sequential) / len(sequential),
+                                                            "stderr": measure.standard_error(sequential)}}
+    print(f"JGA on {quality['dialogues']} test dialogues: sequential {quality['sequential']['jga']:.3f} "
+          f"± {quality['sequential']['stderr']:.3f}")
+    for name, pipelined in right.items():
+        only_seq, only_pipe, p = measure.paired(sequential, pipelined)
+        row = quality[name] = {"jga": sum(pipelined) / len(pipelined), "stderr": measure.standard_error(pipelined),
+                               "only_sequential_right": only_seq, "only_pipelined_right": only_pipe, "mcnemar_p": p}
+        print(f"  {name.replace('delta_t', 'Δt')}: {row['jga']:.3f} ± {row['stderr']:.3f}; only sequential right "
+              f"{only_seq}, only pipelined right {only_pipe}, McNemar p = {p:.2f}")
+    return quality
 
 
 @experiment("speculative")
 def speculative_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                          gammas: tuple[int, ...] = tuple(range(1, 9)), temperatures: tuple[float, ...] = (0.0, 1.0),
-                         ngram_dialogues: int = 2000, drafts: tuple[str, ...] = ()) -> dict:
-    """Target-only against speculative decoding with each of chapter 5's drafts (``drafts``; all of
-    :data:`pidutils.pair.DRAFTS` when empty), for each γ, at T = 0 and T = 1, on the same test
+                         ngram_dialogues: int = 2000, names: tuple[str, ...] = ()) -> dict:
+    """Target-only against speculative decoding with each of chapter 5's drafts (``names``; all of
+    :data:`pidutils.drafts.DRAFTS` when empty), for each γ, at T = 0 and T = 1, on the same test
     dialogues one at a time (chapter 5).
 
     Per draft (:func:`speculative_draft`): whole requests and the decoding phase alone, the measured
     α, c and speed-up beside the formula's prediction and a refined one; then α of unigram and
     bigram drafts beside the trained drafts.
     """
-    from .pair import DRAFTS, alpha_table, load_pair, verify_cost
-    from .speculative import Sampling
-    pair = load_pair(device, dialogues)
+    bed = drafts.load_speculative(device=device, dialogues=dialogues)
     result = {"experiment": "speculative", "drafts": {},
-              "setup": describe(device, pair.target.dtype, target="seq-t5-deep", drafts="/".join(DRAFTS),
-                                dialogues=len(pair.documents), b=1)}
+              "setup": describe(device, bed["target"].dtype, target=drafts.TARGET, drafts="/".join(drafts.DRAFTS),
+                                dialogues=len(bed.documents), b=1)}
     print(result["setup"])
-    result["verify_cost"] = {g: verify_cost(pair, g) for g in gammas}
+    result["verify_cost"] = {g: drafts.verify_cost(bed, gamma=g) for g in gammas}
     print("a target pass over γ+1 tokens, in target steps: " +
           ", ".join(f"γ={g}: {v:.2f}" for g, v in result["verify_cost"].items()))
-    for name in drafts or DRAFTS:
-        result["drafts"][name] = speculative_draft(pair.with_draft(name), device, result["verify_cost"], repeats,
-                                                   gammas, temperatures)
-    result["alpha_table"] = {t: alpha_table(pair, Sampling(t), ngram_dialogues, drafts=DRAFTS[1:]) for t in temperatures}
+    for name in names or drafts.DRAFTS:
+        result["drafts"][name] = speculative_draft(drafts.with_draft(bed, name), device, result["verify_cost"],
+                                                   repeats=repeats, gammas=gammas, temperatures=temperatures)
+    result["alpha_table"] = {t: drafts.alpha_table(bed, sampling=Sampling(t), ngram_dialogues=ngram_dialogues,
+                                                   drafts=drafts.DRAFTS[1:]) for t in temperatures}
     for t, table in result["alpha_table"].items():
         print(f"α at T={t:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items()))
     return result
 
 
-def speculative_draft(pair, device: torch.device, verify: dict[int, float], repeats: int,
+def speculative_draft(bed: measure.Testbed, device: torch.device, verify: dict[int, float], *, repeats: int,
                       gammas: tuple[int, ...], temperatures: tuple[float, ...]) -> dict:
     """One draft's rows of :func:`speculative_speedups`: costs, JGA, and for each temperature and γ the
     speed-ups (end to end and decoding phase), the formula's and the refined predictions, and the
-    comparison with Hugging Face's assisted generation."""
-    from .cost import speculative_speedup
-    from .pair import alpha, jga, runs, step_costs
-    from .speculative import Sampling
-    n, name = len(pair.documents), pair.draft_name
-    result = {"costs": step_costs(pair), "jga": jga(pair), "by_temperature": {}}
-    costs = result["costs"]
-    print(f"[{name}] step: target {costs['target_step'] * 1e3:.2f} ms, draft {costs['draft_step'] * 1e3:.2f} ms, "
+    comparison with Hugging Face's assisted generation. At T = 0 every way's tokens must equal the
+    target's own: an ``AssertionError`` otherwise."""
+    n, name = len(bed.documents), bed.names["draft"]
+    costs = drafts.cost_ratio(bed)
+    result = {"costs": costs, "jga": measure.jga(bed, {role: measure.sequential_way(role) for role in ("target", "draft")}),
+              "by_temperature": {}}
+    print(f"[{name}] step: target {costs['target_step_s'] * 1e3:.2f} ms, draft {costs['draft_step_s'] * 1e3:.2f} ms, "
           f"c = {costs['c']:.3f} (target/draft {1 / costs['c']:.1f}x); encoders: target "
-          f"{costs['target_encoder'] * 1e3:.1f} ms, draft {costs['draft_encoder'] * 1e3:.1f} ms; JGA alone: "
+          f"{costs['target_encoder_s'] * 1e3:.1f} ms, draft {costs['draft_encoder_s'] * 1e3:.1f} ms; JGA alone: "
           f"target {result['jga']['target']:.3f}, draft {result['jga']['draft']:.3f}")
     for temperature in temperatures:
         sampling = Sampling(temperature)
-        whole = compare(runs(pair, gammas, sampling), device, warmup=1, repeats=repeats)
-        phase = compare(runs(pair, gammas, sampling, decoding_only=True), device, warmup=1, repeats=repeats)
-        rows = {}
+        ways = measure.speculative_ways(gammas, sampling=sampling)
+        if temperature == 0:
+            check_same_answers(bed, ways)
+        whole = compare(measure.runs(bed, ways), device, warmup=1, repeats=repeats)
+        phase = compare(measure.runs(bed, ways, decoding_only=True), device, warmup=1, repeats=repeats)
+        rows = []
         for g in gammas:
-            a, per_round = alpha(pair, g, sampling)
-            key = f"speculative γ={g}"
-            row = rows[g] = {"alpha": a, "tokens_per_round": per_round,
-                             "predicted": speculative_speedup(a, g, costs["c"]),
-                             # the same cost model with what the formula idealises measured instead: the
-                             # tokens a round really kept, and the verification pass's cost in steps
-                             "refined": per_round / (g * costs["c"] + verify[g]),
-                             "end_to_end": speedup(whole["target"], whole[key]),
-                             "decoding_phase": speedup(phase["target"], phase[key]),
-                             "vs_hf_assisted": speedup(whole[f"HF assisted γ={g}"], whole[key]),
-                             "hf_assisted_vs_target": speedup(whole["target"], whole[f"HF assisted γ={g}"]),
-                             "ms_per_dialogue": whole[key].median / n * 1e3}
+            a, per_round = drafts.alpha(bed, gamma=g, sampling=sampling)
+            way = f"speculative gamma={g}"
+            row = {"gamma": g, "alpha": a, "tokens_per_round": per_round,
+                   "target_s": whole["target"].median, "speculative_s": whole[way].median,
+                   "hf_assisted_s": whole[f"HF assisted gamma={g}"].median,
+                   "target_decoding_s": phase["target"].median, "speculative_decoding_s": phase[way].median,
+                   "predicted": speculative_speedup(a, g, costs["c"]),
+                   # the same cost model with what the formula idealises measured instead: the
+                   # tokens a round really kept, and the verification pass's cost in steps
+                   "refined": per_round / (g * costs["c"] + verify[g]),
+                   "end_to_end": speedup(whole["target"], whole[way]),
+                   "decoding_phase": speedup(phase["target"], phase[way]),
+                   "vs_hf_assisted": speedup(whole[f"HF assisted gamma={g}"], whole[way]),
+                   "hf_assisted_vs_target": speedup(whole["target"], whole[f"HF assisted gamma={g}"]),
+                   "ms_per_dialogue": whole[way].median / n * 1e3}
             # the formula models the decoding phase; end to end, both encoders come on top of it
-            encoders = whole[key].median - phase[key].median
+            encoders = whole[way].median - phase[way].median
             row["predicted_end_to_end"] = whole["target"].median / (encoders + phase["target"].median / row["predicted"])
             row["of_predicted"] = row["end_to_end"] / row["predicted_end_to_end"]
             row["decoding_of_predicted"] = row["decoding_phase"] / row["predicted"]
             row["decoding_of_refined"] = row["decoding_phase"] / row["refined"]
+            rows.append(row)
             print(f"[{name}] T={temperature:g} γ={g}: α {a:.3f}, {per_round:.2f} tokens/round | end to end "
                   f"{row['end_to_end']:.2f}x (predicted {row['predicted_end_to_end']:.2f}x: {row['of_predicted']:.0%}) | "
                   f"decoding phase {row['decoding_phase']:.2f}x (formula {row['predicted']:.2f}x: "
                   f"{row['decoding_of_predicted']:.0%}; refined {row['refined']:.2f}x: {row['decoding_of_refined']:.0%}) "
                   f"| vs HF assisted {row['vs_hf_assisted']:.2f}x (HF assisted vs target {row['hf_assisted_vs_target']:.2f}x)")
-        best = max(rows, key=lambda g: rows[g]["end_to_end"])
+        best = max(rows, key=lambda r: r["end_to_end"])
         result["by_temperature"][temperature] = {"target_ms_per_dialogue": whole["target"].median / n * 1e3,
-                                                 "by_gamma": rows, "best_gamma": best}
+                                                 "by_gamma": rows, "best_gamma": best["gamma"]}
         print(f"[{name}] T={temperature:g}: target alone {whole['target'].median / n * 1e3:.1f} ms per dialogue; "
-              f"best γ = {best}: {rows[best]['end_to_end']:.2f}x end to end, decoding phase "
-              f"{rows[best]['decoding_phase']:.2f}x ({rows[best]['decoding_of_refined']:.0%} of the refined "
-              f"{rows[best]['refined']:.2f}x), {rows[best]['vs_hf_assisted']:.2f}x HF assisted")
+              f"best γ = {best['gamma']}: {best['end_to_end']:.2f}x end to end, decoding phase "
+              f"{best['decoding_phase']:.2f}x ({best['decoding_of_refined']:.0%} of the refined "
+              f"{best['refined']:.2f}x), {best['vs_hf_assisted']:.2f}x HF assisted")
     return result
+
+
+def check_same_answers(bed: measure.Testbed, ways: dict[str, measure.Way]) -> None:
+    """Greedy: every way's answer to every dialogue must be the target's own."""
+    answers = {name: measure.answers(bed, way) for name, way in ways.items()}
+    for name, states in answers.items():
+        if states != answers["target"]:
+            raise AssertionError(f"{name} and the target alone disagree at temperature 0")

@@ -5,9 +5,9 @@ One place builds the workload (b test dialogues, the first U slots as prompts), 
 and measures it (:func:`latency`). Chapter 2 uses it for PIE alone, chapter 3 and
 ``python -m pidutils.bench pid`` for PIE, PID-copy and PID-shared side by side.
 
-The three :data:`METHODS` run on the same machinery, the book's cached decoder loop
+The three :data:`LOOP_METHODS` run on the same machinery, the book's cached decoder loop
 (:func:`pidutils.t5.greedy`), so that they differ only in what the method changes: PIE
-(:func:`pie_loop`) encodes "Z_u : X" once per prompt and decodes from the start token; PID encodes X
+(:func:`pidutils.pie.pie_loop`) encodes "Z_u : X" once per prompt and decodes from the start token; PID encodes X
 once and decodes after "Z_u :", with the encoder's K/V copied U times or shared. :data:`REFERENCE`,
 PIE through Hugging Face's ``generate`` (:func:`pidutils.pie.pie_generate`), is the outside
 reference: the same answers, with the framework's own per-step overhead.
@@ -20,18 +20,16 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from .bench import time_fn
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_prompts
 from .cost import Device, Work, forward_work
 from .data import SLOTS, pie_source
 from .models import count_parameters, weights_per_decode_step
-from .pid import pid_generate, prompt_ids
-from .pie import check_prompts, pie_generate, tokenize_checked
-from .t5 import check_t5, cross_memory, encode, greedy
-from .tokenizer import check_vocab
+from .pid import ANSWER_TOKENS, pid_generate, prompt_ids
+from .pie import pie_generate, pie_loop
 
-METHODS = ("PIE", "PID-copy", "PID-shared")  # all three on the book's cached decoder loop
+LOOP_METHODS = ("PIE", "PID-copy", "PID-shared")  # all three on the book's cached decoder loop
 REFERENCE = "PIE-generate"  # PIE through Hugging Face's generate: the outside reference
-EVERY_METHOD = METHODS + (REFERENCE,)
+EVERY_METHOD = LOOP_METHODS + (REFERENCE,)
 
 
 def workload(split, b: int, U: int) -> tuple[list[str], list[list[str]]]:
@@ -41,46 +39,18 @@ def workload(split, b: int, U: int) -> tuple[list[str], list[list[str]]]:
     return list(split["dialogue"][:b]), [SLOTS[:U]] * b
 
 
-@torch.inference_mode()
-def pie_loop(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-             documents: Sequence[str], prompts: Sequence[Sequence[str]], max_new_tokens: int = 8,
-             truncation: bool = False) -> list[list[str]]:
-    """PIE on the book's cached decoder loop, the one PID runs on: answers per document.
-
-    One encoder input "Z_u : X" per prompt, as :func:`pidutils.pie.pie_generate`; each of the
-    ``sum(U_i)`` rows then decodes greedily from the start token alone, against its own encoding,
-    with :func:`pidutils.t5.greedy` instead of Hugging Face's ``generate``.
-    """
-    check_t5(model)
-    check_prompts(documents, prompts)
-    check_int("max_new_tokens", max_new_tokens, 1)
-    check_vocab(tokenizer, model)
-    sources = [pie_source(p, doc) for doc, ps in zip(documents, prompts) for p in ps]
-    enc = tokenize_checked(tokenizer, sources, "each prompt + document", truncation, model.device)
-    memory = cross_memory(model, encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
-    start = torch.full((len(sources), 1), model.config.decoder_start_token_id, device=model.device)
-    tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens,
-                       pad=tokenizer.pad_token_id)
-    answers = [a.strip() for a in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-    result, first = [], 0
-    for ps in prompts:
-        result.append(answers[first:first + len(ps)])
-        first += len(ps)
-    return result
-
-
 def answer_fn(method: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-              documents: Sequence[str], prompts: Sequence[Sequence[str]],
-              max_new_tokens: int = 8) -> Callable[[], list[list[str]]]:
+              documents: Sequence[str], prompts: Sequence[Sequence[str]], *,
+              max_new_tokens: int = ANSWER_TOKENS) -> Callable[[], list[list[str]]]:
     """A no-argument function answering every prompt with ``method`` (one of :data:`EVERY_METHOD`)."""
     check_choice("method", method, EVERY_METHOD)
     check_prompts(documents, prompts)
     if method == "PIE":
-        return lambda: pie_loop(model, tokenizer, documents, prompts, max_new_tokens)
+        return lambda: pie_loop(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens)
     if method == REFERENCE:
-        return lambda: pie_generate(model, tokenizer, documents, prompts, max_new_tokens)
+        return lambda: pie_generate(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens)
     cross = "copy" if method == "PID-copy" else "shared"
-    return lambda: pid_generate(model, tokenizer, documents, prompts, max_new_tokens, cross=cross)
+    return lambda: pid_generate(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens, cross=cross)
 
 
 def _cross_kv(model: T5ForConditionalGeneration, rows: int, n: int, queries: int) -> Work:

@@ -18,31 +18,32 @@ own: the prompts as decoder prefixes, the loop over steps, and the training batc
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from .checks import check_choice, check_int, check_prompt_lists, check_text
-from .pie import check_prompts, length_buckets, tokenize_checked
-from .t5 import bias_table, causal_bias, check_t5, cross_memory, decoder_forward, encode, greedy
+from .batching import pad_rows, tokenize_checked, word_buckets
+from .checks import check_choice, check_int, check_prompt_lists, check_prompts
+from .data import pid_prefix
+from .t5 import bias_table, causal_bias, check_t5, decoder_forward, encode, encoded_memory, greedy
 from .tokenizer import check_vocab
 
-SEPARATOR = ":"
+ANSWER_TOKENS = 8  # new tokens per answer: every slot value of the dialogue set fits
 
 
 # --- Step 1: the prompts as decoder prefixes --------------------------------------------------
 
 def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
     """The token ids of ``"Z_u :"`` without ``</s>``: the decoder prefix after the start token."""
-    check_text("prompt", prompt)
-    return tokenizer(f"{prompt} {SEPARATOR}", add_special_tokens=False)["input_ids"]
+    return tokenizer(pid_prefix(prompt), add_special_tokens=False)["input_ids"]
 
 
 def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                     prompts: Sequence[Sequence[str]], truncation: bool = False):
+                     prompts: Sequence[Sequence[str]], *, truncation: bool = False):
     """Left-padded decoder prefixes ``<start> Z_u :`` for every prompt, U padded to the largest U.
 
     Returns ``(ids, mask, U)``: ``ids`` and ``mask`` have shape ``(b * U, P)``, rows grouped by
@@ -63,9 +64,8 @@ def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
                                      f"unless truncation=True; {p[:40]!r}... has {len(ids)}")
                 ids = ids[:limit - 1]
             rows.append([start] + ids)
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=model.device)
+    ids = torch.tensor(pad_rows(rows, tokenizer.pad_token_id, left=True), device=model.device)
+    mask = torch.tensor(pad_rows([[True] * len(r) for r in rows], False, left=True), device=model.device)
     return ids, mask, U
 
 
@@ -76,7 +76,7 @@ def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
 
 # --- Step 4: greedy decoding of all U answers in parallel ---------------------------------------
 
-def check_pid_inputs(model, tokenizer, documents, prompts, max_new_tokens: int, cross: str) -> None:
+def check_request(model, tokenizer, documents, prompts, *, max_new_tokens: int, cross: str) -> None:
     """Every ``ValueError`` PID raises, before any work."""
     check_t5(model)
     check_prompts(documents, prompts)
@@ -87,19 +87,20 @@ def check_pid_inputs(model, tokenizer, documents, prompts, max_new_tokens: int, 
 
 @torch.inference_mode()
 def pid_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                     documents: Sequence[str], prompts: Sequence[Sequence[str]], max_new_tokens: int = 8,
-                     cross: str = "shared", truncation: bool = False, return_scores: bool = False):
+                     documents: Sequence[str], prompts: Sequence[Sequence[str]], *,
+                     max_new_tokens: int = ANSWER_TOKENS, cross: str = "shared", truncation: bool = False,
+                     return_scores: bool = False):
     """Greedy PID decoding; returns the new token ids (b*U, steps), and per-step logits if asked.
 
     The encoder runs once per document; every row stops at its own ``</s>`` (later positions hold
     padding), and the loop ends when all rows have stopped or after ``max_new_tokens`` steps.
     """
-    check_pid_inputs(model, tokenizer, documents, prompts, max_new_tokens, cross)
-    enc = tokenize_checked(tokenizer, list(documents), "each document", truncation, model.device)
-    ids, valid, U = decoder_prefixes(model, tokenizer, prompts, truncation)
-    memory = cross_memory(model, encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"],
-                          copies=U if cross == "copy" else 1)
-    tokens, scores = greedy(model, memory, ids, valid, max_new_tokens, pad=tokenizer.pad_token_id)
+    check_request(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens, cross=cross)
+    enc = tokenize_checked(tokenizer, list(documents), what="each document", truncation=truncation,
+                           device=model.device)
+    ids, valid, U = decoder_prefixes(model, tokenizer, prompts, truncation=truncation)
+    memory = encoded_memory(model, enc["input_ids"], enc["attention_mask"], copies=U if cross == "copy" else 1)
+    tokens, scores = greedy(model, memory, ids, valid, max_new_tokens=max_new_tokens, pad=tokenizer.pad_token_id)
     return (tokens, scores) if return_scores else tokens
 
 
@@ -113,10 +114,11 @@ def split_answers(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor,
 
 
 def pid_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                 documents: Sequence[str], prompts: Sequence[Sequence[str]], max_new_tokens: int = 8,
+                 documents: Sequence[str], prompts: Sequence[Sequence[str]], *, max_new_tokens: int = ANSWER_TOKENS,
                  cross: str = "shared", truncation: bool = False) -> list[list[str]]:
     """Answer every prompt of every document, PID-style; returns the answers per document."""
-    ids = pid_generate_ids(model, tokenizer, documents, prompts, max_new_tokens, cross, truncation)
+    ids = pid_generate_ids(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens, cross=cross,
+                           truncation=truncation)
     return split_answers(tokenizer, ids, prompts)
 
 
@@ -124,13 +126,13 @@ def pid_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeniz
 
 @torch.inference_mode()
 def pid_reference(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                  documents: Sequence[str], prompts: Sequence[Sequence[str]], max_new_tokens: int = 8):
+                  documents: Sequence[str], prompts: Sequence[Sequence[str]], *, max_new_tokens: int = ANSWER_TOKENS):
     """PID by Hugging Face's own path: encoder states repeated U times, then ``model.generate``.
 
     Returns ``(ids, scores)`` like :func:`pid_generate_ids` with ``return_scores=True``.
     """
-    check_pid_inputs(model, tokenizer, documents, prompts, max_new_tokens, "copy")
-    enc = tokenize_checked(tokenizer, list(documents), "each document", False, model.device)
+    check_request(model, tokenizer, documents, prompts, max_new_tokens=max_new_tokens, cross="copy")
+    enc = tokenize_checked(tokenizer, list(documents), what="each document", truncation=False, device=model.device)
     ids, valid, U = decoder_prefixes(model, tokenizer, prompts)
     encoded = encode(model, enc["input_ids"], enc["attention_mask"]).repeat_interleave(U, dim=0)
     out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
@@ -143,8 +145,8 @@ def pid_reference(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeni
 
 # --- Training: the encoder once per dialogue, the loss on the answers only ----------------------
 
-def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, batch_size: int = 8,
-                curriculum: int = 0):
+def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, *, batch_size: int = 8,
+                curriculum: int = 0) -> Callable[[random.Random], dict]:
     """Training batches for PID: dialogues of similar length, each with all its slots as prompts.
 
     Each decoder row is ``<start> Z_u : Y_u </s>``, right-padded; ``labels`` holds the next token
@@ -154,7 +156,7 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
     """
     check_int("batch_size", batch_size, 1)
     dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = length_buckets([len(d.split()) for d in dialogues], batch_size, curriculum)
+    draw = word_buckets(dialogues, batch_size=batch_size, curriculum=curriculum)
     start, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
 
     def next_batch(rng) -> dict:
@@ -166,12 +168,7 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
                 answer = tokenizer(value, add_special_tokens=False)["input_ids"] + [eos]
                 rows.append(prefix + answer[:-1])
                 targets.append([-100] * (len(prefix) - 1) + answer)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for k, (r, t) in enumerate(zip(rows, targets)):
-            ids[k, :len(r)] = torch.tensor(r)
-            labels[k, :len(t)] = torch.tensor(t)
+        ids, labels = torch.tensor(pad_rows(rows, pad)), torch.tensor(pad_rows(targets, -100))
         enc = tokenizer([dialogues[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "decoder_input_ids": ids, "labels": labels}
@@ -181,8 +178,7 @@ def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCondition
 
 def pid_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
     """Cross-entropy on the answer tokens; one encoding per dialogue receives every prompt's gradient."""
-    memory = cross_memory(model, encode(model, batch["input_ids"], batch["attention_mask"]),
-                          batch["attention_mask"])
+    memory = encoded_memory(model, batch["input_ids"], batch["attention_mask"])
     ids = batch["decoder_input_ids"]
     valid = torch.ones_like(ids, dtype=torch.bool)  # right padding: the causal mask hides it
     logits = decoder_forward(model, ids, memory, causal_bias(bias_table(model), 0, ids.shape[1], valid))

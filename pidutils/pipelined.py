@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
+from .batching import pad_rows, word_buckets
 from .checks import check_documents, check_int
-from .data import full_state_view, parse_state
-from .pie import length_buckets, seq2seq_batch, tokenize_checked
-from .t5 import (CrossMemory, KVCache, bias_table, check_t5, cross_memory, decoder_forward, encode, greedy,
+from .data import full_state_view
+from .t5 import (CrossMemory, KVCache, bias_table, check_t5, decoder_forward, document_memory, encoded_memory,
                  position_bias)
 from .tokenizer import check_vocab
 
 DELTA_TS = (1, 2, 3, 4)  # the Δt a shipped pipelined model is trained and measured at
-SEQUENTIAL_SEPARATOR = " , "  # between subsequences when the whole state is one sequence
+TIME_MAX, SUB_MAX = 50, 20  # Algorithm 1's limits: time-steps, and subsequences per document
 CACHE_START = 128  # tokens the KV cache first holds per document; it doubles when a document needs more
 PAD_SUB = 1 << 20  # the subsequence index of a decoding step's padding: after every real one, so no real token sees it
 
@@ -107,8 +107,8 @@ class Layout:
         return Layout(self.ids.to(device), self.sub.to(device), self.time.to(device), self.valid.to(device))
 
 
-def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequence[int], bos: int, eos: int,
-                    pad: int, *, device: torch.device | str | None = None) -> tuple[Layout, torch.Tensor]:
+def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequence[int], *, bos: int, eos: int,
+                    pad: int, device: torch.device | str | None = None) -> tuple[Layout, torch.Tensor]:
     """The teacher-forced layout of each document's subsequences (token ids without <bos>/</s>).
 
     Each subsequence becomes [<bos>, Y_i, </s>] and the empty [<bos>, </s>] is appended; the input
@@ -122,10 +122,9 @@ def training_layout(targets: Sequence[Sequence[Sequence[int]]], delta_ts: Sequen
         full = [[bos, *y, eos] for y in subsequences] + [[bos, eos]]
         coords = coordinates([len(y) - 1 for y in full], delta_t)
         rows.append([(full[i][t - i * delta_t], i, t, full[i][t - i * delta_t + 1]) for i, t in coords])
-    width = max(len(r) for r in rows)
-    padded = [row + [(pad, 0, 0, -100)] * (width - len(row)) for row in rows]
-    ids, sub, time, labels = torch.tensor(padded, dtype=torch.long, device=device).unbind(-1)
-    valid = torch.tensor([[k < len(row) for k in range(width)] for row in rows], device=device)
+    ids, sub, time, labels = torch.tensor(pad_rows(rows, (pad, 0, 0, -100)), dtype=torch.long,
+                                          device=device).unbind(-1)
+    valid = torch.tensor(pad_rows([[True] * len(row) for row in rows], False), device=device)
     return Layout(ids, sub, time, valid), labels
 
 
@@ -134,8 +133,9 @@ def state_targets(tokenizer: PreTrainedTokenizerFast, subsequences: Sequence[str
     return [tokenizer(s, add_special_tokens=False)["input_ids"] for s in subsequences]
 
 
-def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration,
-                      batch_size: int = 8, delta_ts: Sequence[int] = DELTA_TS, curriculum: int = 0):
+def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, *,
+                      batch_size: int = 8, delta_ts: Sequence[int] = DELTA_TS,
+                      curriculum: int = 0) -> Callable[[random.Random], dict]:
     """Training batches for the pipelined decoder: dialogues of similar length, a Δt drawn per dialogue.
 
     Drawing Δt from ``delta_ts`` for each dialogue trains one model for all of them (chapter 4
@@ -147,13 +147,13 @@ def pipelined_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForCon
         check_int("delta_t", delta_t, 1)
     view = full_state_view(split)
     documents, targets = view["document"], [state_targets(tokenizer, s) for s in view["subsequences"]]
-    draw = length_buckets([len(d.split()) for d in documents], batch_size, curriculum)
+    draw = word_buckets(documents, batch_size=batch_size, curriculum=curriculum)
     bos, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
 
     def next_batch(rng: random.Random) -> dict:
         picked = draw(rng)
         layout, labels = training_layout([targets[i] for i in picked], [rng.choice(delta_ts) for _ in picked],
-                                         bos, eos, pad)
+                                         bos=bos, eos=eos, pad=pad)
         enc = tokenizer([documents[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "decoder_input_ids": layout.ids, "sub": layout.sub, "time": layout.time, "valid": layout.valid,
@@ -171,7 +171,7 @@ def teacher_forced_logits(model: T5ForConditionalGeneration, memory: CrossMemory
 
 def pipelined_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
     """Eq. (6), averaged over tokens: cross-entropy of every subsequence's next token, teacher-forced."""
-    memory = cross_memory(model, encode(model, batch["input_ids"], batch["attention_mask"]), batch["attention_mask"])
+    memory = encoded_memory(model, batch["input_ids"], batch["attention_mask"])
     layout = Layout(batch["decoder_input_ids"], batch["sub"], batch["time"], batch["valid"])
     logits = teacher_forced_logits(model, memory, layout)
     return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
@@ -224,15 +224,15 @@ class Schedule:
         return self.closed and all(self.ended)
 
 
-def check_schedule(delta_t: int, time_max: int, sub_max: int) -> None:
+def check_schedule(*, delta_t: int, time_max: int, sub_max: int) -> None:
     """Δt, time_max and sub_max must each be at least 1."""
     check_int("delta_t", delta_t, 1)
     check_int("time_max", time_max, 1)
     check_int("sub_max", sub_max, 1)
 
 
-def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, bos: int, eos: int, pad: int,
-               device: torch.device | str | None = None) -> list[Schedule]:
+def algorithm1(step: StepFn, *, b: int, delta_t: int, time_max: int = TIME_MAX, sub_max: int = SUB_MAX, bos: int,
+               eos: int, pad: int, device: torch.device | str | None = None) -> list[Schedule]:
     """The paper's Algorithm 1 for ``b`` documents sharing one schedule, greedy.
 
     For t = 1..time_max: if (t − 1) mod Δt = 0, each document starts a new subsequence with <bos>,
@@ -244,53 +244,101 @@ def algorithm1(step: StepFn, b: int, delta_t: int, time_max: int, sub_max: int, 
     every target, is the model's signal that no more follow, so it closes the document; and a
     document whose subsequences have all ended before the next one may start waits for it (the
     step is idle, and costs no model call) instead of stopping, which would drop the rest of its
-    output whenever Δt exceeds a subsequence's length. Rows of a step are padded to the step's
-    largest number of tokens (``valid`` False). Each step's inputs are made on ``device``; None
-    takes the device the step carries (:func:`on_device`: every step made here carries one).
+    output whenever Δt exceeds a subsequence's length. The schedules' state stays in tensors on
+    ``device`` (:class:`Progress`; None takes the device the step carries, :func:`on_device`), and
+    a step reads back one pair of numbers: whether all are done, and how many tokens it has.
     """
-    check_schedule(delta_t, time_max, sub_max)
-    device = step_device(step) if device is None else torch.device(device)
-    docs = [Schedule() for _ in range(b)]
+    check_int("b", b, 1)
+    check_schedule(delta_t=delta_t, time_max=time_max, sub_max=sub_max)
+    state = Progress(b, sub_max=sub_max, time_max=time_max, bos=bos, eos=eos,
+                     device=step_device(step) if device is None else torch.device(device))
     for t in range(1, time_max + 1):
-        for doc in docs:
-            if not doc.closed and (t - 1) % delta_t == 0:
-                doc.subsequences.append([])
-                doc.ended.append(False)
-                doc.closed = len(doc.subsequences) == sub_max
-        if all(doc.finished for doc in docs):
+        if (t - 1) % delta_t == 0:
+            state.start_subsequences()
+        all_done, width = state.poll()
+        if all_done:
             break
-        active = [[i for i, ended in enumerate(doc.ended) if not ended] for doc in docs]
-        tokens = step(step_inputs(docs, active, t - 1, bos, pad, device)).argmax(-1).tolist() if any(active) else []
-        for doc, subs, row in zip(docs, active, tokens or [[]] * b):
-            if doc.finished:
-                continue
-            doc.made.append(subs)
-            for i, token in zip(subs, row):
-                if token != eos:
-                    doc.subsequences[i].append(token)
-                    continue
-                doc.ended[i] = True
-                doc.closed |= not doc.subsequences[i]
-    return docs
+        if width:  # else an idle step: every document waits for its next subsequence
+            new, slots = state.step_inputs(width, time=t - 1, pad=pad)
+            state.take(step(new).argmax(-1), new.valid, slots)
+    return state.schedules()
 
 
-def step_inputs(docs: list[Schedule], active: list[list[int]], time: int, bos: int, pad: int,
-                device: torch.device | str) -> Layout:
-    """One step's input tokens: each active subsequence's last token (<bos> if it has none), at
-    ``time``. Rows are padded to the widest (``valid`` False, subsequence ``PAD_SUB``)."""
-    width = max(len(a) for a in active)
-    rows = []
-    for doc, subs in zip(docs, active):
-        padding = width - len(subs)
-        rows.append([[doc.subsequences[i][-1] if doc.subsequences[i] else bos for i in subs] + [pad] * padding,
-                     list(subs) + [PAD_SUB] * padding, [time] * width, [1] * len(subs) + [0] * padding])
-    ids, sub, times, valid = torch.tensor(rows, device=device).unbind(1)
-    return Layout(ids, sub, times, valid.bool())
+class Progress:
+    """Algorithm 1's state for ``b`` documents, in tensors on one device (chapter 4).
+
+    Per document: how many subsequences have started, whether it is closed; per subsequence slot:
+    whether it has ended, its last token (<bos> until it has one), and its tokens so far. Slot
+    ``sub_max`` is a sink that the padding of a step writes to, so that every update is one
+    scatter with no branch on the host. Each step's active subsequences are kept, and read back
+    once, at the end (:meth:`schedules`).
+    """
+
+    def __init__(self, b: int, *, sub_max: int, time_max: int, bos: int, eos: int, device: torch.device) -> None:
+        self.sub_max, self.eos = sub_max, eos
+        self.started = torch.zeros(b, dtype=torch.long, device=device)
+        self.closed = torch.zeros(b, dtype=torch.bool, device=device)
+        self.ended = torch.zeros((b, sub_max + 1), dtype=torch.bool, device=device)
+        self.last = torch.full((b, sub_max + 1), bos, dtype=torch.long, device=device)
+        self.length = torch.zeros((b, sub_max + 1), dtype=torch.long, device=device)
+        self.tokens = torch.zeros((b, sub_max + 1, time_max + 1), dtype=torch.long, device=device)
+        self.slot = torch.arange(sub_max + 1, device=device)
+        self.row = torch.arange(b, device=device)[:, None]
+        self.made: list[torch.Tensor] = []  # per step: (b, sub_max + 1), the subsequences that get a token
+        self.active = self.ended.clone()
+
+    def start_subsequences(self) -> None:
+        """Every document not closed starts its next subsequence; one that reaches ``sub_max`` closes."""
+        self.started += ~self.closed
+        self.closed |= self.started == self.sub_max
+
+    def poll(self) -> tuple[bool, int]:
+        """Whether every document is done, and the step's width: the most subsequences one document
+        has still growing. The step's one host synchronisation."""
+        self.active = (self.slot < self.started[:, None]) & ~self.ended
+        growing = self.active.sum(1)
+        done = self.closed & (growing == 0)
+        self.made.append(self.active.long().masked_fill(done[:, None], -1))
+        all_done, width = torch.stack([done.all().long(), growing.max()]).tolist()
+        return bool(all_done), width
+
+    def step_inputs(self, width: int, *, time: int, pad: int) -> tuple[Layout, torch.Tensor]:
+        """The step's input tokens: each active subsequence's last token, at ``time``, in the order of
+        the subsequences, rows padded to ``width`` (``valid`` False, subsequence ``PAD_SUB``), and the
+        slot each one writes to (the sink for padding)."""
+        order = torch.where(self.active, self.slot, self.slot + self.sub_max + 1).argsort(1)[:, :width]
+        valid = self.active.gather(1, order)
+        slots = order.masked_fill(~valid, self.sub_max)
+        new = Layout(self.last.gather(1, slots).masked_fill(~valid, pad), order.masked_fill(~valid, PAD_SUB),
+                     torch.full_like(order, time), valid)
+        return new, slots
+
+    def take(self, tokens: torch.Tensor, valid: torch.Tensor, slots: torch.Tensor) -> None:
+        """Each subsequence's new token: appended to its tokens, or, if it is </s>, ending it (and
+        closing the document if the subsequence is empty)."""
+        is_eos = (tokens == self.eos) & valid
+        length = self.length.gather(1, slots)
+        self.closed |= (is_eos & (length == 0)).any(1)
+        self.ended[self.row, slots] |= is_eos
+        content = slots.masked_fill(~valid | is_eos, self.sub_max)
+        self.tokens[self.row, content, length] = tokens
+        self.length[self.row, content] += 1
+        self.last[self.row, slots] = tokens
+
+    def schedules(self) -> list[Schedule]:
+        """Every document's :class:`Schedule`, read back from the device once."""
+        started, closed, ended, length, tokens = (x.tolist() for x in (self.started, self.closed, self.ended,
+                                                                        self.length, self.tokens))
+        made = torch.stack(self.made).tolist()  # -1: the document had finished by then
+        return [Schedule([tokens[d][i][:length[d][i]] for i in range(started[d])],
+                         [[i for i, m in enumerate(step[d]) if m == 1] for step in made if step[d][0] >= 0],
+                         [ended[d][i] for i in range(started[d])], closed[d])
+                for d in range(len(started))]
 
 
 # --- The decoding steps: with a KV cache, and the uncached reference -------------------------------
 
-def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, rows: int, capacity: int) -> StepFn:
+def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, *, rows: int, capacity: int) -> StepFn:
     """A step that appends the new tokens' keys and values to a KV cache and recomputes nothing.
 
     The cache starts with room for ``capacity`` tokens per row and grows when it must. Beside it,
@@ -330,7 +378,7 @@ def uncached_step(model: T5ForConditionalGeneration, memory: CrossMemory) -> Ste
     return on_device(step, model.device)
 
 
-def scripted_step(script: Sequence[Sequence[Sequence[int]]], delta_t: int, eos: int, vocab_size: int) -> StepFn:
+def scripted_step(script: Sequence[Sequence[Sequence[int]]], *, delta_t: int, eos: int, vocab_size: int) -> StepFn:
     """A stand-in model that follows a script: document d's subsequence i emits ``script[d][i]``,
     then </s> (at once for a subsequence past the script's end). It drives Algorithm 1 through the
     paper's Figure 2, and forces decoding along a target. It computes on whatever device its
@@ -357,109 +405,48 @@ def recording(step: StepFn, logits: list[torch.Tensor]) -> StepFn:
     return record if device is None else on_device(record, device)
 
 
-def check_inputs(model, tokenizer, documents) -> None:
-    """Every ``ValueError`` the full-state decoders raise, before any work."""
+def check_request(model, tokenizer, documents) -> None:
+    """Every ``ValueError`` the pipelined decoder raises, before any work."""
     check_t5(model)
     check_documents(documents)
     check_vocab(tokenizer, model)
 
 
-def document_memory(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                    documents: Sequence[str], truncation: bool = False) -> CrossMemory:
-    """Encode the documents once and project them to every layer's cross-attention K/V."""
-    enc = tokenize_checked(tokenizer, list(documents), "each document", truncation, model.device)
-    return cross_memory(model, encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
-
-
 @torch.inference_mode()
-def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad: int, delta_t: int = 1,
-                     time_max: int = 50, sub_max: int = 20, cached: bool = True) -> list[Schedule]:
+def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, *, pad: int, delta_t: int = 1,
+                     time_max: int = TIME_MAX, sub_max: int = SUB_MAX, cached: bool = True) -> list[Schedule]:
     """The decoding phase alone: Algorithm 1 against documents already encoded into ``memory``.
 
     ``cached=False`` runs the uncached reference instead.
     """
-    check_schedule(delta_t, time_max, sub_max)
+    check_schedule(delta_t=delta_t, time_max=time_max, sub_max=sub_max)
     b = memory.keys[0].shape[0]
-    step = cached_step(model, memory, b, CACHE_START) if cached else uncached_step(model, memory)
-    return algorithm1(step, b, delta_t, time_max, sub_max, model.config.decoder_start_token_id,
-                      model.config.eos_token_id, pad)
+    step = cached_step(model, memory, rows=b, capacity=CACHE_START) if cached else uncached_step(model, memory)
+    return algorithm1(step, b=b, delta_t=delta_t, time_max=time_max, sub_max=sub_max,
+                      bos=model.config.decoder_start_token_id, eos=model.config.eos_token_id, pad=pad)
 
 
 @torch.inference_mode()
 def pipelined_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                           documents: Sequence[str], delta_t: int = 1, time_max: int = 50, sub_max: int = 20,
-                           truncation: bool = False, cached: bool = True) -> list[Schedule]:
+                           documents: Sequence[str], *, delta_t: int = 1, time_max: int = TIME_MAX,
+                           sub_max: int = SUB_MAX, truncation: bool = False, cached: bool = True) -> list[Schedule]:
     """Pipelined greedy decoding of every document (Algorithm 1); the encoder runs once per document."""
-    check_inputs(model, tokenizer, documents)
-    check_schedule(delta_t, time_max, sub_max)
-    memory = document_memory(model, tokenizer, documents, truncation)
-    return pipelined_decode(model, memory, tokenizer.pad_token_id, delta_t, time_max, sub_max, cached)
+    check_request(model, tokenizer, documents)
+    check_schedule(delta_t=delta_t, time_max=time_max, sub_max=sub_max)
+    memory = document_memory(model, tokenizer, documents, truncation=truncation)
+    return pipelined_decode(model, memory, pad=tokenizer.pad_token_id, delta_t=delta_t, time_max=time_max,
+                            sub_max=sub_max, cached=cached)
 
 
-def pipelined_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                       documents: Sequence[str], delta_t: int = 1, time_max: int = 50, sub_max: int = 20,
-                       truncation: bool = False) -> list[list[str]]:
+def schedule_states(tokenizer: PreTrainedTokenizerFast, schedules: Sequence[Schedule]) -> list[list[str]]:
     """Each document's generated subsequences, as text."""
-    schedules = pipelined_generate_ids(model, tokenizer, documents, delta_t, time_max, sub_max, truncation)
     return [[tokenizer.decode(s).strip() for s in doc.subsequences] for doc in schedules]
 
 
-# --- The sequential baseline, on the same decoding machinery ---------------------------------------
-
-@torch.inference_mode()
-def sequential_decode(model: T5ForConditionalGeneration, memory: CrossMemory, pad: int,
-                      max_new_tokens: int = 120) -> torch.Tensor:
-    """The decoding phase alone: one token per step from <bos>, :func:`pidutils.t5.greedy`."""
-    b = memory.keys[0].shape[0]
-    start = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long, device=model.device)
-    tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad)
-    return tokens
-
-
-@torch.inference_mode()
-def sequential_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                            documents: Sequence[str], max_new_tokens: int = 120,
-                            truncation: bool = False) -> torch.Tensor:
-    """The whole state as one sequence, one token per step, on the same decoder pass and cache."""
-    check_inputs(model, tokenizer, documents)
-    check_int("max_new_tokens", max_new_tokens, 1)
-    memory = document_memory(model, tokenizer, documents, truncation)
-    return sequential_decode(model, memory, tokenizer.pad_token_id, max_new_tokens)
-
-
-def sequential_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                        documents: Sequence[str], max_new_tokens: int = 120,
-                        truncation: bool = False) -> list[list[str]]:
-    """Each document's subsequences, split from the one generated sequence at the separator."""
-    ids = sequential_generate_ids(model, tokenizer, documents, max_new_tokens, truncation)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [[s.strip() for s in text.split(SEQUENTIAL_SEPARATOR.strip()) if s.strip()] for text in texts]
-
-
-def sequential_batches(split, tokenizer: PreTrainedTokenizerFast, batch_size: int = 8, curriculum: int = 0):
-    """Training batches for the sequential decoder: dialogue -> its subsequences joined by the separator.
-
-    Plain sequence-to-sequence pairs (Hugging Face's shifted ``labels``, -100 on padding), so
-    :func:`pidutils.train.train` uses the model's own loss. Returns ``next_batch(rng) -> dict``.
-    """
-    check_int("batch_size", batch_size, 1)
-    view = full_state_view(split)
-    documents = view["document"]
-    targets = [SEQUENTIAL_SEPARATOR.join(s) for s in view["subsequences"]]
-    draw = length_buckets([len(d.split()) for d in documents], batch_size, curriculum)
-
-    def next_batch(rng: random.Random) -> dict:
-        picked = draw(rng)
-        return seq2seq_batch(tokenizer, [documents[i] for i in picked], [targets[i] for i in picked])
-
-    return next_batch
-
-
-def state_predictor(generate: Callable[..., list[list[str]]], model, tokenizer, **options):
-    """``predict(documents, prompts) -> values`` for :func:`pidutils.metrics.evaluate`: generate each
-    document's state and read the prompted slots from it ("none" where unmentioned)."""
-    def predict(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> list[list[str]]:
-        states = generate(model, tokenizer, documents, **options)
-        return [parse_state(state, slots) for state, slots in zip(states, prompts)]
-    return predict
-
+def pipelined_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                       documents: Sequence[str], *, delta_t: int = 1, time_max: int = TIME_MAX,
+                       sub_max: int = SUB_MAX, truncation: bool = False) -> list[list[str]]:
+    """Each document's generated subsequences, as text."""
+    return schedule_states(tokenizer, pipelined_generate_ids(model, tokenizer, documents, delta_t=delta_t,
+                                                             time_max=time_max, sub_max=sub_max,
+                                                             truncation=truncation))

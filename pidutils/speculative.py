@@ -30,9 +30,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from .checks import check_documents, check_float, check_int
-from .pipelined import document_memory
-from .t5 import CrossMemory, KVCache, bias_table, causal_bias, check_t5, decoder_forward, greedy
+from .sequential import MAX_NEW_TOKENS, sequential_decode
+from .t5 import (CrossMemory, KVCache, argmax_pick, bias_table, causal_bias, check_t5, decode_loop, decoder_forward,
+                 document_memory, pad_after_eos, trim)
 from .tokenizer import check_vocab
+
+GAMMA = 5  # guesses per round unless asked otherwise: near the best on the 2-core CPU (chapter 5)
 
 
 # --- Sampling: the warpers, applied identically to p and q -----------------------------------------
@@ -185,16 +188,17 @@ class Stats:
     _betas: list[float] = field(default_factory=list, repr=False)
 
     def add(self, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor, judged: torch.Tensor,
-            kept: torch.Tensor, was_done: torch.Tensor) -> None:
-        """Keep one round's tensors: guesses, n, β, which β were judged, the tokens kept, and which
-        rows were done before it (none of them is changed later by the loop)."""
-        self.pending.append((guesses, n, betas, judged, kept, was_done))
+            kept: torch.Tensor, m: torch.Tensor, was_done: torch.Tensor) -> None:
+        """Keep one round's tensors: guesses, n, β, which β were judged, the tokens kept (the first
+        m+1 of each row), and which rows were done before it (none is changed later by the loop)."""
+        self.pending.append((guesses, n, betas, judged, kept, m, was_done))
 
     def _read_back(self) -> None:
-        for guesses, n, betas, judged, kept, was_done in self.pending:
+        for guesses, n, betas, judged, kept, m, was_done in self.pending:
             self._betas += betas[judged].tolist()
+            width = int(m) + 1
             rows = [[] if done else row[:row.index(self.eos) + 1] if self.eos in row else row
-                    for row, done in zip(kept.tolist(), was_done.tolist())]
+                    for row, done in zip(kept[:, :width].tolist(), was_done.tolist())]
             self._rounds.append(Round(guesses.tolist(), n.tolist(), rows))
         self.pending.clear()
 
@@ -233,7 +237,7 @@ def check_pair(target: T5ForConditionalGeneration, draft: T5ForConditionalGenera
                              f"against {getattr(target.config, name)}")
 
 
-def check_speculation(gamma: int, max_new_tokens: int) -> None:
+def check_speculation(*, gamma: int, max_new_tokens: int) -> None:
     """γ and max_new_tokens must each be at least 1."""
     check_int("gamma", gamma, 1)
     check_int("max_new_tokens", max_new_tokens, 1)
@@ -246,46 +250,39 @@ def step(model: T5ForConditionalGeneration, memory: CrossMemory, table: torch.Te
     return decoder_forward(model, ids, memory, causal_bias(table, cache.length, ids.shape[1], valid), cache)
 
 
-def finish(new: torch.Tensor, done: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
-    """``pad`` after each row's first ``</s>`` and in rows already done; marks rows that end in ``done``."""
-    is_eos = new == eos
-    after = (is_eos.int().cumsum(1) - is_eos.int()) > 0
-    new = new.masked_fill(after | done[:, None], pad)
-    done |= is_eos.any(1)
-    return new
-
-
 @torch.inference_mode()
 def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
-                       target_memory: CrossMemory, draft_memory: CrossMemory, gamma: int = 5,
-                       sampling: Sampling = Sampling(), max_new_tokens: int = 120, pad: int = 0,
+                       target_memory: CrossMemory, draft_memory: CrossMemory, *, gamma: int = GAMMA,
+                       sampling: Sampling = Sampling(), max_new_tokens: int = MAX_NEW_TOKENS, pad: int,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, Stats]:
     """The decoding phase alone, for documents each model has already encoded into its memory.
 
     Returns the tokens (rows, length), ``pad`` after each row's ``</s>``, and the run's :class:`Stats`.
+    A round reads one pair of numbers back to the host: m, and whether every row is done.
     """
-    check_speculation(gamma, max_new_tokens)
+    check_speculation(gamma=gamma, max_new_tokens=max_new_tokens)
     rows, device = target_memory.keys[0].shape[0], target.device
     eos = target.config.eos_token_id
     tokens = torch.full((rows, max_new_tokens + 1), pad, device=device)
     tokens[:, 0] = target.config.decoder_start_token_id
-    length = 1  # tokens so far, the start token included; each cache holds all but the last
+    length, finished = 1, False  # tokens so far, the start token included; each cache holds all but the last
     target_cache, draft_cache = (KVCache.empty(m, rows, max_new_tokens + 1) for m in (target, draft))
     target_table, draft_table = bias_table(target), bias_table(draft)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     stats = Stats(eos=eos)
-    while length <= max_new_tokens and not bool(done.all()):
+    while length <= max_new_tokens and not finished:
         g = min(gamma, max_new_tokens - length)  # the last token of the budget comes from the target alone
-        guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g, sampling,
-                             generator, done, eos)
+        guesses, q = propose(draft, draft_memory, draft_table, draft_cache, tokens[:, :length], g=g,
+                             sampling=sampling, generator=generator)
         block = torch.cat([tokens[:, length - 1:length], guesses], dim=1)
         logits = step(target, target_memory, target_table, block, target_cache)
         n, after, betas = judge(logits, q, guesses, sampling, generator)
-        m = shortest_run(n, guesses, done, eos)
-        kept = keep(guesses, n, m, after)
-        record(stats, guesses, n, betas, done, kept)
-        kept = finish(kept, done, eos, pad)
-        tokens[:, length:length + m + 1] = kept
+        m = shortest_run(n, guesses, done, eos=eos)
+        kept = kept_tokens(guesses, n, m, after, pad=pad)
+        record(stats, guesses, n, betas, done, kept, m, eos=eos)
+        kept = pad_after_eos(kept, done, eos=eos, pad=pad)
+        m, finished = (int(x) for x in torch.stack([m, done.all().long()]).tolist())
+        tokens[:, length:length + m + 1] = kept[:, :m + 1]
         length += m + 1
         target_cache.truncate(length - 1)
         draft_cache.truncate(min(draft_cache.length, length - 1))
@@ -293,25 +290,20 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
 
 
 def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch.Tensor, cache: KVCache,
-            tokens: torch.Tensor, g: int, sampling: Sampling, generator: torch.Generator | None,
-            done: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The draft's guesses (rows, at most g), one step each, and their distributions (rows, guesses,
-    vocab; None when greedy, where they are one-hot).
+            tokens: torch.Tensor, *, g: int, sampling: Sampling,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The draft's g guesses (rows, g), one step each through the engine's greedy loop
+    (:func:`pidutils.t5.decode_loop`), and their distributions (rows, g, vocab; None when greedy,
+    where they are one-hot).
 
     The first step also feeds whatever the draft has not seen yet: the last token, and the last
-    guess of a round in which every guess stood. The draft stops early once every row still
-    decoding has guessed ``</s>``: nothing after a row's ``</s>`` can be kept.
+    guess of a round in which every guess stood. The draft does not stop at its ``</s>``: waiting
+    for it would read a number back at every guess, and the target judges nothing after it.
     """
-    ids, guesses, q = tokens[:, cache.length:], [], []
-    ended = done.clone()
-    for _ in range(g):
-        token, probs = choose(step(draft, memory, table, ids, cache)[:, -1], sampling, generator)
-        guesses.append(token)
-        q.append(probs)
-        ended |= token == eos
-        if bool(ended.all()):
-            break
-        ids = token[:, None]
+    ids = tokens[:, cache.length:]
+    valid = torch.ones((ids.shape[0], tokens.shape[1]), dtype=torch.bool, device=ids.device)
+    guesses, _, q = decode_loop(draft, memory, cache, table, ids, valid, steps=g,
+                                pick=lambda logits: choose(logits, sampling, generator), stop_at_eos=False)
     rows = tokens.shape[0]
     stacked = torch.stack(guesses, 1) if guesses else tokens.new_zeros((rows, 0))  # g = 0: none
     if sampling.temperature == 0:
@@ -319,81 +311,85 @@ def propose(draft: T5ForConditionalGeneration, memory: CrossMemory, table: torch
     return stacked, torch.stack(q, 1) if q else torch.zeros((rows, 0, draft.config.vocab_size), device=tokens.device)
 
 
-def shortest_run(n: torch.Tensor, guesses: torch.Tensor, done: torch.Tensor, eos: int) -> int:
-    """m, the batch's shortest run of standing guesses, leaving out rows already done and rows whose
-    run holds ``</s>`` (nothing after it matters to them)."""
+def after_eos(guesses: torch.Tensor, eos: int) -> torch.Tensor:
+    """Where a row's guesses come after its first ``</s>`` guess: nothing there can be kept."""
+    is_eos = (guesses == eos).int()
+    return (is_eos.cumsum(1) - is_eos) > 0
+
+
+def shortest_run(n: torch.Tensor, guesses: torch.Tensor, done: torch.Tensor, *, eos: int) -> torch.Tensor:
+    """m, the batch's shortest run of standing guesses (a 0-d tensor), leaving out rows already done
+    and rows whose run holds ``</s>`` (nothing after it matters to them)."""
     g = guesses.shape[1]
     ends = ((guesses == eos) & (torch.arange(g, device=n.device) < n[:, None])).any(1)
-    return int(n.masked_fill(done | ends, g).min())
+    return n.masked_fill(done | ends, g).min()
 
 
-def keep(guesses: torch.Tensor, n: torch.Tensor, m: int, after: torch.Tensor) -> torch.Tensor:
+def kept_tokens(guesses: torch.Tensor, n: torch.Tensor, m: torch.Tensor, after: torch.Tensor, *,
+                pad: int) -> torch.Tensor:
     """Every row's first m guesses and one token more: its guess m+1 where that one stood too,
-    else ``after``, its token after its run. (rows, m+1)."""
-    if m == guesses.shape[1]:
-        return torch.cat([guesses, after[:, None]], dim=1)
-    return torch.cat([guesses[:, :m], torch.where(n > m, guesses[:, m], after)[:, None]], dim=1)
+    else ``after``, its token after its run; ``pad`` beyond. (rows, g+1), so that m stays on the device."""
+    candidates = torch.cat([guesses, after[:, None]], dim=1)
+    column = torch.arange(candidates.shape[1], device=guesses.device)
+    guess_m = candidates.gather(1, m.expand(len(n))[:, None])[:, 0]
+    at_m = torch.where(n > m, guess_m, after)  # n > m only where m < g: guess m+1 stood too
+    return torch.where(column < m, candidates, at_m[:, None]).masked_fill(column > m, pad)
 
 
-def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor,
-           done: torch.Tensor, kept: torch.Tensor) -> None:
+def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor, done: torch.Tensor,
+           kept: torch.Tensor, m: torch.Tensor, *, eos: int) -> None:
     """Add a round to ``stats``: the guesses, n, the tokens each row kept (up to its ``</s>``; none
-    in a row done before), and β of each judged guess of the rows still decoding. Device work
-    only: nothing is read back to the host here (:class:`Stats`)."""
+    in a row done before), and β of each judged guess of the rows still decoding: up to its first
+    fallen guess, and not after a ``</s>`` guess. Device work only: nothing is read back to the
+    host here (:class:`Stats`)."""
     g = guesses.shape[1]
-    judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None]
-    stats.add(guesses, n, betas, judged, kept, done.clone())
-
-
-def trim(tokens: torch.Tensor, pad: int) -> torch.Tensor:
-    """Drop trailing columns that are padding in every row."""
-    real = (tokens != pad).any(0).nonzero()
-    return tokens[:, :int(real[-1]) + 1] if len(real) else tokens[:, :0]
+    judged = (torch.arange(g, device=n.device) <= n[:, None]) & ~done[:, None] & ~after_eos(guesses, eos)
+    stats.add(guesses, n, betas, judged, kept, m, done.clone())
 
 
 @torch.inference_mode()
-def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, sampling: Sampling = Sampling(),
-                   max_new_tokens: int = 120, pad: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The target alone, one token per step from the start token on the same pass and cache: greedy at
-    temperature 0, else sampling with the same warpers (the baseline speculative decoding must match)."""
-    rows = memory.keys[0].shape[0]
-    start = torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=model.device)
-    pick = None if sampling.temperature == 0 else (lambda logits: choose(logits, sampling, generator)[0])
-    tokens, _ = greedy(model, memory, start, torch.ones_like(start, dtype=torch.bool), max_new_tokens, pad, pick)
-    return trim(tokens, pad)
+def autoregressive(model: T5ForConditionalGeneration, memory: CrossMemory, *, sampling: Sampling = Sampling(),
+                   max_new_tokens: int = MAX_NEW_TOKENS, pad: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """The target alone, one token per step from the start token on the same pass and cache: the
+    engine's sequential baseline, greedy at temperature 0, else sampling with the same warpers
+    (the baseline speculative decoding must match)."""
+    pick = argmax_pick if sampling.temperature == 0 else (lambda logits: choose(logits, sampling, generator))
+    return trim(sequential_decode(model, memory, pad=pad, max_new_tokens=max_new_tokens, pick=pick), pad)
 
 
-def check_request(target, draft, tokenizer, documents, gamma: int, sampling: Sampling, max_new_tokens: int,
+def check_request(target, draft, tokenizer, documents, *, gamma: int, sampling: Sampling, max_new_tokens: int,
                   draft_tokenizer=None) -> None:
     """Every ``ValueError`` of :func:`speculative_generate_ids`, before any work."""
     check_pair(target, draft, tokenizer, draft_tokenizer)
     check_documents(documents)
-    check_speculation(gamma, max_new_tokens)
+    check_speculation(gamma=gamma, max_new_tokens=max_new_tokens)
     if not isinstance(sampling, Sampling):
         raise ValueError(f"sampling must be a pidutils.speculative.Sampling, got {type(sampling).__name__}")
 
 
 def speculative_generate_ids(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
-                             tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], gamma: int = 5,
-                             sampling: Sampling = Sampling(), max_new_tokens: int = 120, seed: int = 0,
+                             tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], *, gamma: int = GAMMA,
+                             sampling: Sampling = Sampling(), max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
                              truncation: bool = False,
                              draft_tokenizer: PreTrainedTokenizerFast | None = None) -> tuple[torch.Tensor, Stats]:
     """Speculative decoding end to end: each model encodes the documents once, then the rounds run.
 
     ``seed`` seeds the draws and the uniforms r_i, so a sampled run repeats exactly.
     """
-    check_request(target, draft, tokenizer, documents, gamma, sampling, max_new_tokens, draft_tokenizer)
+    check_request(target, draft, tokenizer, documents, gamma=gamma, sampling=sampling, max_new_tokens=max_new_tokens,
+                  draft_tokenizer=draft_tokenizer)
     generator = torch.Generator(device=target.device).manual_seed(seed)
-    memories = [document_memory(m, tokenizer, documents, truncation) for m in (target, draft)]
-    return speculative_decode(target, draft, *memories, gamma, sampling, max_new_tokens, tokenizer.pad_token_id,
-                              generator)
+    memories = [document_memory(m, tokenizer, documents, truncation=truncation) for m in (target, draft)]
+    return speculative_decode(target, draft, *memories, gamma=gamma, sampling=sampling, max_new_tokens=max_new_tokens,
+                              pad=tokenizer.pad_token_id, generator=generator)
 
 
 def speculative_generate(target: T5ForConditionalGeneration, draft: T5ForConditionalGeneration,
-                         tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], gamma: int = 5,
-                         sampling: Sampling = Sampling(), max_new_tokens: int = 120, seed: int = 0,
+                         tokenizer: PreTrainedTokenizerFast, documents: Sequence[str], *, gamma: int = GAMMA,
+                         sampling: Sampling = Sampling(), max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0,
                          truncation: bool = False) -> list[str]:
     """Each document's output as text."""
-    tokens, _ = speculative_generate_ids(target, draft, tokenizer, documents, gamma, sampling, max_new_tokens,
-                                         seed, truncation)
+    tokens, _ = speculative_generate_ids(target, draft, tokenizer, documents, gamma=gamma, sampling=sampling,
+                                         max_new_tokens=max_new_tokens, seed=seed, truncation=truncation)
     return tokenizer.batch_decode(tokens, skip_special_tokens=True)

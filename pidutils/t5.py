@@ -15,14 +15,15 @@ weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from .batching import tokenize_checked
 from .checks import check_int
 
 
@@ -79,7 +80,7 @@ class CrossMemory:
                            [v.expand(rows, -1, -1, -1) for v in self.values], self.bias.expand(rows, -1, -1, -1))
 
 
-def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor, *,
                  copies: int = 1) -> CrossMemory:
     """Project the encoder states to every decoder layer's cross-attention K/V, once.
 
@@ -97,6 +98,21 @@ def cross_memory(model: T5ForConditionalGeneration, encoded: torch.Tensor, atten
         values.append(heads(attn.v(encoded), d_kv))
     bias = additive_mask(attention_mask.bool()[:, None, None, :], encoded.dtype)
     return CrossMemory(keys, values, bias)
+
+
+def encoded_memory(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                   copies: int = 1) -> CrossMemory:
+    """Encode a tokenized batch once and project it to the cross-attention memory (:func:`cross_memory`)."""
+    return cross_memory(model, encode(model, input_ids, attention_mask), attention_mask, copies=copies)
+
+
+def document_memory(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                    documents: Sequence[str], *, truncation: bool = False, copies: int = 1) -> CrossMemory:
+    """Tokenize the documents onto the model's device, encode them once, and project them to every
+    layer's cross-attention K/V: what every method does first (chapters 3 to 5)."""
+    enc = tokenize_checked(tokenizer, list(documents), what="each document", truncation=truncation,
+                           device=model.device)
+    return encoded_memory(model, enc["input_ids"], enc["attention_mask"], copies=copies)
 
 
 def fold(q: torch.Tensor, rows: int) -> torch.Tensor:
@@ -253,35 +269,78 @@ def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory
 
 # --- Decoding one token per step on this pass -------------------------------------------------------
 
-def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch.Tensor, valid: torch.Tensor,
-           max_new_tokens: int, pad: int,
-           pick: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+Pick = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def argmax_pick(logits: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """Greedy choice: each row's argmax, and no distribution beside it."""
+    return logits.argmax(-1), None
+
+
+def start_tokens(model: T5ForConditionalGeneration, rows: int) -> torch.Tensor:
+    """The decoder's start token for ``rows`` sequences, (rows, 1), on the model's device."""
+    return torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=model.device)
+
+
+def decode_loop(model: T5ForConditionalGeneration, memory: CrossMemory, cache: KVCache, table: torch.Tensor,
+                ids: torch.Tensor, valid: torch.Tensor, *, steps: int, pick: Pick = argmax_pick,
+                pad: int | None = None, stop_at_eos: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+    """The greedy loop every method shares: feed ``ids`` (rows, new) after ``cache``, then one token
+    per step, up to ``steps`` tokens per row, until every row has ended.
+
+    ``valid`` (rows, cache.length + new) is False on padding; ``pick`` turns a step's logits
+    (rows, vocab) into its tokens and, when it samples, their distribution. A row ends at its ``</s>``; with ``pad`` given, an ended row makes ``pad``
+    from then on. Returns each step's tokens, logits and distributions. One host synchronisation a
+    step: whether every row has ended; with ``stop_at_eos=False`` none, and every step is made
+    (chapter 5's draft, whose guesses the target judges).
+    """
+    eos = model.config.eos_token_id
+    ended = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    tokens, logits, dists = [], [], []
+    for _ in range(steps):
+        out = decoder_forward(model, ids, memory, causal_bias(table, cache.length, ids.shape[1], valid), cache)[:, -1]
+        token, dist = pick(out)
+        if pad is not None:
+            token = token.masked_fill(ended, pad)
+        tokens.append(token)
+        logits.append(out)
+        dists.append(dist)
+        ended |= token == eos
+        if stop_at_eos and bool(ended.all()):
+            break
+        ids = token[:, None]
+        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+    return tokens, logits, dists
+
+
+def greedy(model: T5ForConditionalGeneration, memory: CrossMemory, prefix: torch.Tensor, valid: torch.Tensor, *,
+           max_new_tokens: int, pad: int, pick: Pick = argmax_pick) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding with the KV cache after left-padded ``prefix`` rows; ``valid`` is False on padding.
 
     Returns the new tokens (rows, steps) and each step's logits (rows, steps, vocab). Every row stops
     at its own ``</s>`` (later positions hold ``pad``); the loop ends when all rows have stopped or
-    after ``max_new_tokens`` steps. PID (chapter 3) decodes its prompt rows with it; chapter 4's
-    sequential baseline decodes from the start token alone. ``pick`` turns a step's logits
-    (rows, vocab) into its tokens: the argmax unless given; chapter 5's target-only baseline
-    samples with it (:func:`pidutils.speculative.autoregressive`).
+    after ``max_new_tokens`` steps (:func:`decode_loop`). PID (chapter 3) decodes its prompt rows
+    with it; the sequential baseline (chapters 4 and 5) decodes from the start token alone, and
+    samples with another ``pick``.
     """
     check_int("max_new_tokens", max_new_tokens, 1)
-    pick = pick or (lambda logits: logits.argmax(-1))
     cache = KVCache.empty(model, rows=prefix.shape[0], capacity=prefix.shape[1] + max_new_tokens)
-    eos = model.config.eos_token_id
-    done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
-    table = bias_table(model)
-    tokens, scores = [], []
-    step_ids = prefix
-    for _ in range(max_new_tokens):
-        logits = decoder_forward(model, step_ids, memory, causal_bias(table, cache.length, step_ids.shape[1], valid),
-                                 cache)[:, -1]
-        token = pick(logits).masked_fill(done, pad)
-        tokens.append(token)
-        scores.append(logits)
-        done |= token == eos
-        if bool(done.all()):
-            break
-        step_ids = token[:, None]
-        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-    return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
+    tokens, logits, _ = decode_loop(model, memory, cache, bias_table(model), prefix, valid, steps=max_new_tokens,
+                                    pick=pick, pad=pad)
+    return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
+
+
+def pad_after_eos(tokens: torch.Tensor, done: torch.Tensor, *, eos: int, pad: int) -> torch.Tensor:
+    """``pad`` after each row's first ``</s>`` and in rows already ``done``; marks the rows that end
+    here in ``done`` (chapter 5's rounds, which keep several tokens at once)."""
+    is_eos = tokens == eos
+    after = (is_eos.int().cumsum(1) - is_eos.int()) > 0
+    tokens = tokens.masked_fill(after | done[:, None], pad)
+    done |= is_eos.any(1)
+    return tokens
+
+
+def trim(tokens: torch.Tensor, pad: int) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row."""
+    real = (tokens != pad).any(0).nonzero()
+    return tokens[:, :int(real[-1]) + 1] if len(real) else tokens[:, :0]

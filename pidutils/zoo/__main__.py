@@ -8,6 +8,7 @@ import argparse
 import pathlib
 import sys
 
+from ..drafts import DRAFTS, TARGET, record_cost_ratio
 from . import RECIPES, recipe_dict, save
 from .training import train_checkpoint
 
@@ -24,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
     if args.command == "cost":
-        from ..pair import DRAFTS, TARGET, record_cost_ratio
         for draft in DRAFTS:
-            record = record_cost_ratio(args.device, draft=draft)
+            record = record_cost_ratio(device=args.device, draft=draft)
             print(f"{TARGET} with {draft}: target step {record['target_step_ms']:.2f} ms, draft step "
                   f"{record['draft_step_ms']:.2f} ms, c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) "
                   f"on {record['machine']}")

@@ -8,25 +8,28 @@ whether it fine-tunes another shipped checkpoint (``init``) instead of starting 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from ..bench import describe
 from ..checks import check_choice, check_int
 from ..cost import training_flops
-from ..data import DONTCARE, NONE, SLOTS, make_dataset
+from ..data import DONTCARE, NONE, SLOTS, make_dataset, parse_state
 from ..metrics import evaluate
 from ..models import count_parameters, pick_device
 from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
-from ..pipelined import (pipelined_batches, pipelined_generate, pipelined_loss, sequential_batches,
-                         sequential_generate, state_predictor)
+from ..pipelined import pipelined_batches, pipelined_generate, pipelined_loss
+from ..sequential import sequential_batches, sequential_generate
 from ..tokenizer import train_tokenizer
 from ..train import train
 from . import RECIPES, Recipe, load, new_model
 
 # What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
 # add decoder blocks), and the data its tokenizer was trained on.
+TRAINING_METHODS = ("pie", "pid", "seq", "pipe")  # Recipe.method: how a checkpoint learns
 SHARED = ("d_model", "d_ff", "d_kv", "num_heads", "vocab_size", "train_dialogues", "seed")
 
 
@@ -152,22 +155,25 @@ def predictor(method: str, model: T5ForConditionalGeneration, tokenizer: PreTrai
     The full-state decoders (``seq``, ``pipe``; chapter 4) generate the whole state and read the
     prompted slots from it; the pipelined one decodes at Δt = 1.
     """
-    check_choice("method", method, METHODS)
+    check_choice("method", method, TRAINING_METHODS)
     if method in ("pie", "pid"):
         generate = pid_generate if method == "pid" else pie_generate
         return lambda documents, prompts: generate(model, tokenizer, documents, prompts)
-    return state_predictor(pipelined_generate if method == "pipe" else sequential_generate, model, tokenizer)
+    generate_states = pipelined_generate if method == "pipe" else sequential_generate
+
+    def predict(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> list[list[str]]:
+        states = generate_states(model, tokenizer, documents)
+        return [parse_state(state, slots) for state, slots in zip(states, prompts)]
+    return predict
 
 
 def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration):
     """``(next_batch, loss_fn)`` for the recipe's method; ``loss_fn`` None means the model's own loss."""
+    sizes = {"batch_size": recipe.batch_size, "curriculum": recipe.curriculum}
     if recipe.method == "pid":
-        return pid_batches(split, tokenizer, model, recipe.batch_size, recipe.curriculum), pid_loss
+        return pid_batches(split, tokenizer, model, **sizes), pid_loss
     if recipe.method == "pipe":
-        return pipelined_batches(split, tokenizer, model, recipe.batch_size, curriculum=recipe.curriculum), pipelined_loss
+        return pipelined_batches(split, tokenizer, model, **sizes), pipelined_loss
     if recipe.method == "seq":
-        return sequential_batches(split, tokenizer, recipe.batch_size, recipe.curriculum), None
-    return pie_batches(split, tokenizer, recipe.batch_size, recipe.curriculum), None
-
-
-METHODS = ("pie", "pid", "seq", "pipe")
+        return sequential_batches(split, tokenizer, **sizes), None
+    return pie_batches(split, tokenizer, **sizes), None

@@ -1,0 +1,76 @@
+"""Tokenising, padding and batching: the part of the engine before the model (chapters 2 to 5).
+
+Every method turns texts into padded tensors on the model's device (:func:`tokenize_checked`),
+pads its own token rows to one width (:func:`pad_rows`), and trains on batches of dialogues of
+similar length (:func:`length_buckets`); the plain sequence-to-sequence batch of PIE and of the
+sequential decoder is :func:`seq2seq_batch`.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from .checks import check_int
+
+
+def tokenize_checked(tokenizer: PreTrainedTokenizerFast, texts: list[str], *, what: str, truncation: bool,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenize with padding, onto ``device``; a text longer than the model's limit is a
+    ``ValueError`` naming ``what`` unless ``truncation`` is asked for (chapter 2)."""
+    limit = tokenizer.model_max_length
+    if not truncation:
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        if max(lengths) > limit:
+            raise ValueError(f"{what} must be at most {limit} tokens (the model's limit) unless "
+                             f"truncation=True; the longest is {max(lengths)}")
+    enc = tokenizer(texts, padding=True, return_tensors="pt",
+                    **({"truncation": True, "max_length": limit} if truncation else {}))
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def pad_rows(rows: Sequence[Sequence], value: object, *, left: bool = False) -> list[list]:
+    """Rows of different lengths padded with ``value`` to the longest: on the right, or on the left
+    (``left=True``, so that every row's next token lands in the same column; chapter 3)."""
+    width = max(len(r) for r in rows)
+    return [[value] * (width - len(r)) + list(r) if left else list(r) + [value] * (width - len(r)) for r in rows]
+
+
+def length_buckets(lengths: Sequence[int], *, batch_size: int,
+                   curriculum: int = 0) -> Callable[[random.Random], list[int]]:
+    """``draw(rng)`` -> ``batch_size`` indices of items of similar length (a random window of the sorted order).
+
+    Batches of similar length waste little compute on padding. With ``curriculum`` > 0, the first
+    draws come from the shortest quarter of the items, and the range grows linearly to all of them
+    over ``curriculum`` draws (sequence-length warm-up: short dialogues first). Chapter 2.
+    """
+    check_int("batch_size", batch_size, 1)
+    check_int("curriculum", curriculum, 0)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    window = min(len(order), 4 * batch_size)
+    draws = 0
+
+    def draw(rng: random.Random) -> list[int]:
+        nonlocal draws
+        share = 1.0 if draws >= curriculum else 0.25 + 0.75 * draws / curriculum
+        draws += 1
+        span = max(window, round(share * len(order)))
+        start = rng.randrange(span - window + 1)
+        return rng.sample(order[start:start + window], min(batch_size, window))
+
+    return draw
+
+
+def word_buckets(texts: Sequence[str], *, batch_size: int, curriculum: int = 0) -> Callable[[random.Random], list[int]]:
+    """:func:`length_buckets` over the texts' lengths in words: every training set of the book."""
+    return length_buckets([len(t.split()) for t in texts], batch_size=batch_size, curriculum=curriculum)
+
+
+def seq2seq_batch(tokenizer: PreTrainedTokenizerFast, sources: list[str], targets: list[str]) -> dict:
+    """Encoder inputs and ``labels`` (target tokens and ``</s>``, padding -100) for the model's own loss."""
+    enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
+    labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
+    labels[labels == tokenizer.pad_token_id] = -100
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
