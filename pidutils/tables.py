@@ -42,3 +42,11 @@ class Table:
         widths = [max(len(str(line[j])) for line in lines) for j in range(len(self.header))]
         text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
         return "\n".join(([self.caption] if self.caption else []) + text)
+
+
+def table_of(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], *, caption: str = "") -> Table:
+    """Result rows (dicts, as the experiments and measurements return them) as a :class:`Table`:
+    ``columns`` lists ``(key, header, format)``, the format a ``format()`` spec such as ``".2f"``
+    (``""``: the value as it is). Every chapter formats its rows through it, and computes nothing."""
+    return Table([header for _, header, _ in columns],
+                 [[format(row[key], spec) for key, _, spec in columns] for row in rows], caption)
