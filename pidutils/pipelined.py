@@ -253,87 +253,89 @@ def algorithm1(step: StepFn, *, b: int, delta_t: int, time_max: int = TIME_MAX, 
     state = Progress(b, sub_max=sub_max, time_max=time_max, bos=bos, eos=eos,
                      device=step_device(step) if device is None else torch.device(device))
     for t in range(1, time_max + 1):
-        if (t - 1) % delta_t == 0:
+        if (t - 1) % delta_t == 0 and state.width < sub_max:
             state.start_subsequences()
-        all_done, width = state.poll()
+        all_done, any_growing = state.poll()
         if all_done:
             break
-        if width:  # else an idle step: every document waits for its next subsequence
-            new, slots = state.step_inputs(width, time=t - 1, pad=pad)
-            state.take(step(new).argmax(-1), new.valid, slots)
+        if any_growing:  # else an idle step: every document waits for its next subsequence
+            new = state.step_inputs(time=t - 1)
+            state.take(step(new).argmax(-1), new.valid)
     return state.schedules()
 
 
 class Progress:
     """Algorithm 1's state for ``b`` documents, in tensors on one device (chapter 4).
 
-    Per document: how many subsequences have started, whether it is closed; per subsequence slot:
-    whether it has ended, its last token (<bos> until it has one), and its tokens so far. Slot
-    ``sub_max`` is a sink that the padding of a step writes to, so that every update is one
-    scatter with no branch on the host. Each step's active subsequences are kept, and read back
-    once, at the end (:meth:`schedules`).
+    Subsequence i of every document sits in slot i: the slots still growing, each one's last token
+    (<bos> until it has one), its tokens so far and their count, and which documents are closed.
+    Documents start their subsequences together, so the number of slots started (``width``) is
+    counted on the host. A step's tokens are the slots from the first one still growing in any
+    document to the last started, those not growing marked invalid; every update is a few
+    whole-tensor operations that make new tensors, so a step may keep its inputs. Each step's
+    growing slots are kept, and read back once, at the end (:meth:`schedules`).
     """
 
     def __init__(self, b: int, *, sub_max: int, time_max: int, bos: int, eos: int, device: torch.device) -> None:
-        self.sub_max, self.eos = sub_max, eos
-        self.started = torch.zeros(b, dtype=torch.long, device=device)
+        self.sub_max, self.eos, self.width, self.first = sub_max, eos, 0, 0
         self.closed = torch.zeros(b, dtype=torch.bool, device=device)
-        self.ended = torch.zeros((b, sub_max + 1), dtype=torch.bool, device=device)
-        self.last = torch.full((b, sub_max + 1), bos, dtype=torch.long, device=device)
-        self.length = torch.zeros((b, sub_max + 1), dtype=torch.long, device=device)
-        self.tokens = torch.zeros((b, sub_max + 1, time_max + 1), dtype=torch.long, device=device)
-        self.slot = torch.arange(sub_max + 1, device=device)
-        self.row = torch.arange(b, device=device)[:, None]
-        self.made: list[torch.Tensor] = []  # per step: (b, sub_max + 1), the subsequences that get a token
-        self.active = self.ended.clone()
+        self.growing = torch.zeros((b, sub_max), dtype=torch.bool, device=device)
+        self.last = torch.full((b, sub_max), bos, dtype=torch.long, device=device)
+        self.length = torch.zeros((b, sub_max), dtype=torch.long, device=device)
+        self.tokens = torch.zeros((b, sub_max, time_max + 1), dtype=torch.long, device=device)
+        self.slot = torch.arange(sub_max, device=device)
+        self.made: list[torch.Tensor] = []  # per step: (b, 1 + sub_max), done, then the slots that grow
 
     def start_subsequences(self) -> None:
-        """Every document not closed starts its next subsequence; one that reaches ``sub_max`` closes."""
-        self.started += ~self.closed
-        self.closed |= self.started == self.sub_max
+        """Every document not closed starts its next subsequence; all close once ``sub_max`` have started."""
+        self.growing[:, self.width] = ~self.closed
+        self.width += 1
+        if self.width == self.sub_max:
+            self.closed = torch.ones_like(self.closed)
 
-    def poll(self) -> tuple[bool, int]:
-        """Whether every document is done, and the step's width: the most subsequences one document
-        has still growing. The step's one host synchronisation."""
-        self.active = (self.slot < self.started[:, None]) & ~self.ended
-        growing = self.active.sum(1)
-        done = self.closed & (growing == 0)
-        self.made.append(self.active.long().masked_fill(done[:, None], -1))
-        all_done, width = torch.stack([done.all().long(), growing.max()]).tolist()
-        return bool(all_done), width
+    def poll(self) -> tuple[bool, bool]:
+        """Whether every document is done, and whether any subsequence grows at this step; with
+        them, the first slot that grows in any document. The step's one host synchronisation."""
+        grows = self.growing.any(1)
+        done = self.closed > grows  # closed, and nothing grows
+        self.made.append(torch.cat([done[:, None], self.growing], 1))
+        all_done, any_growing, self.first = torch.stack([done.all(), grows.any(),
+                                                         self.growing.any(0).int().argmax()]).tolist()
+        return bool(all_done), bool(any_growing)
 
-    def step_inputs(self, width: int, *, time: int, pad: int) -> tuple[Layout, torch.Tensor]:
-        """The step's input tokens: each active subsequence's last token, at ``time``, in the order of
-        the subsequences, rows padded to ``width`` (``valid`` False, subsequence ``PAD_SUB``), and the
-        slot each one writes to (the sink for padding)."""
-        order = torch.where(self.active, self.slot, self.slot + self.sub_max + 1).argsort(1)[:, :width]
-        valid = self.active.gather(1, order)
-        slots = order.masked_fill(~valid, self.sub_max)
-        new = Layout(self.last.gather(1, slots).masked_fill(~valid, pad), order.masked_fill(~valid, PAD_SUB),
-                     torch.full_like(order, time), valid)
-        return new, slots
+    def step_inputs(self, *, time: int) -> Layout:
+        """The step's input tokens: each slot's last token, at ``time``, from the first slot growing
+        in any document to the last started; a slot not growing is padding (``valid`` False,
+        subsequence ``PAD_SUB``)."""
+        window = slice(self.first, self.width)
+        valid = self.growing[:, window]
+        return Layout(self.last[:, window], torch.where(valid, self.slot[window], PAD_SUB),
+                      torch.full_like(valid, time, dtype=torch.long), valid)
 
-    def take(self, tokens: torch.Tensor, valid: torch.Tensor, slots: torch.Tensor) -> None:
-        """Each subsequence's new token: appended to its tokens, or, if it is </s>, ending it (and
-        closing the document if the subsequence is empty)."""
-        is_eos = (tokens == self.eos) & valid
-        length = self.length.gather(1, slots)
-        self.closed |= (is_eos & (length == 0)).any(1)
-        self.ended[self.row, slots] |= is_eos
-        content = slots.masked_fill(~valid | is_eos, self.sub_max)
-        self.tokens[self.row, content, length] = tokens
-        self.length[self.row, content] += 1
-        self.last[self.row, slots] = tokens
+    def take(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Each growing subsequence's new token: appended to its tokens, or, if it is </s>, ending it
+        (and closing the document if the subsequence is empty)."""
+        lo, hi = self.first, self.width
+        ends = (tokens == self.eos) & valid
+        length = self.length[:, lo:hi]
+        self.closed = self.closed | (ends > (length > 0)).any(1)  # an empty subsequence ended
+        grows = valid > ends
+        self.growing = torch.cat([self.growing[:, :lo], grows, self.growing[:, hi:]], 1)
+        self.tokens[:, lo:hi].scatter_(2, length[..., None], tokens[..., None])  # beyond the count unless it grew
+        length += grows
+        self.last = torch.cat([self.last[:, :lo], tokens, self.last[:, hi:]], 1)  # one that stops never grows again
 
     def schedules(self) -> list[Schedule]:
         """Every document's :class:`Schedule`, read back from the device once."""
-        started, closed, ended, length, tokens = (x.tolist() for x in (self.started, self.closed, self.ended,
-                                                                        self.length, self.tokens))
-        made = torch.stack(self.made).tolist()  # -1: the document had finished by then
-        return [Schedule([tokens[d][i][:length[d][i]] for i in range(started[d])],
-                         [[i for i, m in enumerate(step[d]) if m == 1] for step in made if step[d][0] >= 0],
-                         [ended[d][i] for i in range(started[d])], closed[d])
-                for d in range(len(started))]
+        closed, growing, length, tokens = (x.tolist() for x in (self.closed, self.growing, self.length, self.tokens))
+        made = torch.stack(self.made).tolist()
+        schedules = []
+        for d in range(len(closed)):
+            steps = [[i for i, grows in enumerate(step[d][1:]) if grows] for step in made if not step[d][0]]
+            started = max((i + 1 for step in steps for i in step), default=0)
+            schedules.append(Schedule([tokens[d][i][:length[d][i]] for i in range(started)], steps,
+                                      [not growing[d][i] for i in range(started)], closed[d]))
+        return schedules
 
 
 # --- The decoding steps: with a KV cache, and the uncached reference -------------------------------
@@ -348,17 +350,17 @@ def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, *, rows:
     """
     cache = KVCache.empty(model, rows, capacity)
     table = bias_table(model)
-    keys = torch.zeros((2, rows, capacity), dtype=torch.long, device=model.device)  # i and τ + i of each
+    sub_k, pos_k = (torch.zeros((rows, capacity), dtype=torch.long, device=model.device) for _ in "ip")
 
     def step(new: Layout) -> torch.Tensor:
-        nonlocal keys
+        nonlocal sub_k, pos_k
         start, end = cache.length, cache.length + new.ids.shape[1]
-        if end > keys.shape[2]:  # as the cache does: at least double
-            keys = torch.cat([keys, keys.new_zeros((2, rows, max(end, 2 * keys.shape[2]) - keys.shape[2]))], 2)
+        if end > sub_k.shape[1]:  # as the cache does: at least double
+            sub_k, pos_k = (F.pad(k, (0, max(end, 2 * k.shape[1]) - k.shape[1])) for k in (sub_k, pos_k))
         pos = new.sub + new.time
-        keys[0, :, start:end] = new.sub
-        keys[1, :, start:end] = pos
-        bias = step_bias(table, new.sub, pos, keys[0, :, :end], keys[1, :, :end])
+        sub_k[:, start:end] = new.sub
+        pos_k[:, start:end] = pos
+        bias = step_bias(table, new.sub, pos, sub_k[:, :end], pos_k[:, :end])
         return decoder_forward(model, new.ids, memory, bias, cache)
 
     return on_device(step, model.device)
