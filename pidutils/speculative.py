@@ -279,7 +279,7 @@ def speculative_decode(target: T5ForConditionalGeneration, draft: T5ForCondition
         n, after, betas = judge(logits, q, guesses, sampling, generator)
         m = shortest_run(n, guesses, done, eos=eos)
         kept = kept_tokens(guesses, n, m, after, pad=pad)
-        record(stats, guesses, n, betas, done, kept, m, eos=eos)
+        record(stats, guesses, n, betas, done=done, kept=kept, m=m, eos=eos)
         kept = pad_after_eos(kept, done, eos=eos, pad=pad)
         m, finished = (int(x) for x in torch.stack([m, done.all().long()]).tolist())
         tokens[:, length:length + m + 1] = kept[:, :m + 1]
@@ -336,8 +336,8 @@ def kept_tokens(guesses: torch.Tensor, n: torch.Tensor, m: torch.Tensor, after: 
     return torch.where(column < m, candidates, at_m[:, None]).masked_fill(column > m, pad)
 
 
-def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor, done: torch.Tensor,
-           kept: torch.Tensor, m: torch.Tensor, *, eos: int) -> None:
+def record(stats: Stats, guesses: torch.Tensor, n: torch.Tensor, betas: torch.Tensor, *, done: torch.Tensor,
+           kept: torch.Tensor, m: torch.Tensor, eos: int) -> None:
     """Add a round to ``stats``: the guesses, n, the tokens each row kept (up to its ``</s>``; none
     in a row done before), and β of each judged guess of the rows still decoding: up to its first
     fallen guess, and not after a ``</s>`` guess. Device work only: nothing is read back to the

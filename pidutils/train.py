@@ -39,7 +39,7 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
 
 
 def train(model: torch.nn.Module, next_batch: Callable[[random.Random], dict],
-          batch_flops: Callable[[dict], float], steps: int, lr: float = 1e-3, warmup: int = 100,
+          batch_flops: Callable[[dict], float], *, steps: int, lr: float = 1e-3, warmup: int = 100,
           clip: float = 1.0, seed: int = 0, validate: Callable[[torch.nn.Module], dict] | None = None,
           validate_every: int = 500, progress: bool = True,
           loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,

@@ -139,7 +139,7 @@ def train_checkpoint(name: str, steps: int | None = None, device: str | None = N
 
     batches, loss_fn = training_batches(recipe, data["train"], tokenizer, model)
     validation = data["validation"].select(range(50))
-    run = train(model, batches, batch_flops, steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
+    run = train(model, batches, batch_flops, steps=steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
                 validate=lambda m: evaluate(predict, validation), validate_every=recipe.validate_every,
                 loss_fn=loss_fn, optimizer=recipe.optimizer)
     result = {"name": name, "steps": steps, "wall_seconds": run.wall_seconds, "train_flops": run.flops,
