@@ -1,4 +1,5 @@
-"""T5's decoder pass written out once, for every decoding method of the book (chapters 3 to 5).
+"""The engine's core: T5's encoder once, its cross-attention memory, a KV cache, and the decoder pass
+with the greedy loop, written once for every decoding method of the book (chapters 3 to 5).
 
 Each method differs from plain decoding in one place only, and that place is an argument here:
 
@@ -9,9 +10,12 @@ Each method differs from plain decoding in one place only, and that place is an 
 - speculative decoding (chapter 5) rolls the self-attention cache back after a rejection, so the
   cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast.
 
+:func:`document_memory` tokenizes, encodes once and projects to every layer's K/V;
 :func:`decoder_forward` runs the embedding, every block (self-attention with the given bias and
 cache, cross-attention shared or copied, feed-forward) and the LM head, with the model's own
-weights. It is checked against Hugging Face's T5 in ``tests/test_t5.py``.
+weights; :func:`decode_loop` is the one greedy loop (PID's prompts, the sequential baseline, the
+speculative draft's guesses). Tensors are made on the model's device. Checked against Hugging
+Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
