@@ -237,6 +237,10 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
                        "ratio": sum(seq_steps) / sum(pipe_steps)}
     print(f"time-steps per dialogue: sequential {result['steps']['sequential']:.1f}, pipelined "
           f"{result['steps']['pipelined']:.1f}: ratio {result['steps']['ratio']:.2f}x (the speed-up's upper bound)")
+    result["encoder_bound"] = encoder_bound(result["throughput"], result["steps"]["ratio"])
+    bound = result["encoder_bound"]
+    print(f"b=1: the encoders take {bound['encoder_share']:.0%} of sequential decoding end to end; with a "
+          f"decoding phase at the time-step ratio, end to end could reach {bound['end_to_end_bound']:.2f}x")
     one = measure.runs(bed.select(0, batch), ways, b=batch)
     result["peak_bytes"] = {name: peak_memory(fn, device) for name, fn in one.items()}
     print(f"peak memory, b={batch}: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in result["peak_bytes"].items()))
@@ -256,6 +260,16 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
         result["delta_t"].append(row)
         print(f"Δt={d}: {row['examples_per_s']:.1f} ex/s, {row['steps']:.1f} steps per dialogue")
     return result
+
+
+def encoder_bound(throughput: list[dict], steps_ratio: float) -> dict:
+    """What the encoder, which both decoders run once per dialogue, leaves of the time-step ratio end to
+    end at b = 1 (Amdahl's law): its share of the sequential decoder's end-to-end time (end to end
+    minus the decoding phase), and the end-to-end speed-up if the decoding phase ran at the ratio."""
+    rows = {row["phase"]: row for row in throughput if row["b"] == 1}
+    whole, phase = rows["end to end"]["sequential_s"], rows["decoding phase"]["sequential_s"]
+    encoder = whole - phase
+    return {"encoder_share": encoder / whole, "end_to_end_bound": whole / (encoder + phase / steps_ratio)}
 
 
 def pipelined_quality(bed: measure.Testbed) -> dict:
