@@ -3,7 +3,8 @@
 One place builds the workload (b test dialogues, the first U slots as prompts), runs a method on it
 (:func:`answer_fn`), predicts its time on a roofline from this model's shapes (:func:`predicted_work`)
 and measures it (:func:`latency`). Chapter 2 uses it for PIE alone, chapter 3 and
-``python -m pidutils.bench pid`` for PIE, PID-copy and PID-shared side by side.
+``python -m pidutils.bench pid`` for PIE, PID-copy and PID-shared side by side; chapter 3's rows,
+PID-shared's speed-ups and its FLOPs against PIE's, are :func:`timing_row` and :func:`flops_row`.
 
 The three :data:`LOOP_METHODS` run on the same machinery, the book's cached decoder loop
 (:func:`pidutils.t5.greedy`), so that they differ only in what the method changes: PIE
@@ -14,12 +15,12 @@ reference: the same answers, with the framework's own per-step overhead.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from .bench import time_fn
+from .bench import Timing, speedup, time_fn
 from .checks import check_choice, check_int, check_prompts
 from .cost import Device, Work, forward_work
 from .data import SLOTS, pie_source
@@ -130,3 +131,32 @@ def latency(method: str, model: T5ForConditionalGeneration, tokenizer: PreTraine
     shape = shape_of(tokenizer, documents, prompts, run())
     measured = time_fn(run, model.device, warmup=0, repeats=repeats).median
     return measured, predicted_seconds(predicted_work(method, model, b, U, **shape), roof)
+
+
+SPEEDUPS = {"PIE": "speedup_vs_pie", "PID-copy": "speedup_vs_copy", REFERENCE: "speedup_vs_generate"}
+
+
+def timing_row(t: Mapping[str, Timing], *, b: int, U: int) -> dict:
+    """One row of chapter 3's single-and-batched comparison, from the methods' timings ``t`` (name ->
+    :class:`pidutils.bench.Timing`, as :func:`pidutils.experiments.time_methods` returns them): ``b``,
+    ``U``, each method's median seconds (``"<method>_s"``) and PID-shared's speed-up over each other
+    method timed (``"speedup_vs_pie"``, ``"speedup_vs_copy"``, ``"speedup_vs_generate"``, keys of the
+    ``pid`` experiment's rows), as :func:`pidutils.bench.speedup` takes them."""
+    row = {"b": b, "U": U, **{f"{m}_s": timing.median for m, timing in t.items()}}
+    return row | {key: speedup(t[m], t["PID-shared"]) for m, key in SPEEDUPS.items() if m in t}
+
+
+def flops_row(methods: Mapping[str, tuple], documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> dict:
+    """Each of the :data:`LOOP_METHODS`' predicted inference FLOPs on one workload (``methods``: name ->
+    (model, tokenizer)), from :func:`predicted_work` at the shapes of its own answers (chapter 3):
+    ``"<method>_flops"``, the encoder's share of PIE's (``"PIE_encoder_share"``) and ``"flops_ratio"``,
+    PID-shared's over PIE's (the PID paper's Table 3 figure)."""
+    b, U = len(documents), max(len(ps) for ps in prompts)
+    passes = {}
+    for m in LOOP_METHODS:
+        model, tokenizer = methods[m]
+        shape = shape_of(tokenizer, documents, prompts, answer_fn(m, model, tokenizer, documents, prompts)())
+        passes[m] = predicted_work(m, model, b, U, **shape)
+    flops = {m: sum(w.flops for w in works) for m, works in passes.items()}
+    return {**{f"{m}_flops": f for m, f in flops.items()}, "PIE_encoder_share": passes["PIE"][0].flops / flops["PIE"],
+            "flops_ratio": flops["PID-shared"] / flops["PIE"]}
