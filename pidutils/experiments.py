@@ -15,8 +15,8 @@ from .checks import check_choice
 from .cost import Device, forward_work, speculative_speedup
 from .decode import decode_n_tokens, greedy_uncached
 from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
-from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, predicted_work,
-                          shape_of, workload)
+from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, flops_row, timing_row,
+                          workload)
 from .pipelined import DELTA_TS
 from .speculative import Sampling
 
@@ -170,14 +170,8 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
             if answers["PIE"] != answers[REFERENCE]:
                 raise AssertionError("PIE on the book's loop and through generate disagree")
             t = time_methods(methods, split, device, U, b, repeats)
-            shapes = {m: shape_of(tok, documents, prompts, answers[m]) for m, (_, tok) in methods.items()}
-            flops = {m: sum(w.flops for w in predicted_work(m, methods[m][0], b, U, **shapes[m])) for m in LOOP_METHODS}
-            row = {"b": b, "U": U, **{f"{m}_s": t[m].median for m in EVERY_METHOD},
-                   "speedup_vs_pie": speedup(t["PIE"], t["PID-shared"]),
-                   "speedup_vs_copy": speedup(t["PID-copy"], t["PID-shared"]),
-                   "speedup_vs_generate": speedup(t[REFERENCE], t["PID-shared"]),
-                   "flops_ratio": flops["PID-shared"] / flops["PIE"],
-                   **{f"{m}_peak_bytes": peak_memory(runs[m], device) for m in LOOP_METHODS}}
+            row = (timing_row(t, b=b, U=U) | {"flops_ratio": flops_row(methods, documents, prompts)["flops_ratio"]}
+                   | {f"{m}_peak_bytes": peak_memory(runs[m], device) for m in LOOP_METHODS})
             result["rows"].append(row)
             print(f"b={b} U={U:2d}: PIE {t['PIE'].median * 1e3:8.1f} ms (generate {t[REFERENCE].median * 1e3:8.1f})"
                   f" | PID-copy {t['PID-copy'].median * 1e3:7.1f} | PID-shared {t['PID-shared'].median * 1e3:7.1f}"
