@@ -7,7 +7,8 @@ import pytest
 
 from pidutils import bench
 from pidutils.bench.__main__ import main
-from pidutils.experiments import decode_cache, decode_latency, run_experiment
+from pidutils.experiments import decode_cache, decode_latency, decode_step_work, run_experiment
+from pidutils.models import random_t5
 
 
 def test_timing_median_and_quartiles():
@@ -35,11 +36,23 @@ def test_describe_names_device_dtype_and_shapes():
     assert "CPU" in line and "float16" in line and "batch=4, U=30" in line
 
 
+def check_decode_cache_figures(result, *, shape, batch, source_len, new_tokens):
+    """Every figure of the decode-cache experiment, re-derived from the times it reports."""
+    assert result["experiment"] == "decode-cache" and result["uncached_s"] > 0 and result["cached_s"] > 0
+    assert result["speedup"] == pytest.approx(result["uncached_s"] / result["cached_s"], rel=1e-12)
+    assert result["cached_tokens_per_s"] == pytest.approx(batch * new_tokens / result["cached_s"], rel=1e-12)
+    step = decode_step_work(random_t5(shape), batch, source_len + new_tokens // 2)
+    assert result["cached_bandwidth_GBps"] == pytest.approx(step.bytes * new_tokens / result["cached_s"] / 1e9)
+    assert f"model={shape}" in result["setup"] and f"new_tokens={new_tokens}" in result["setup"]
+
+
 def test_decode_cache_experiment_reports_a_speedup(capsys):
     import torch
-    result = decode_cache(torch.device("cpu"), shape="t5-tiny", new_tokens=16, repeats=1)
-    assert result["speedup"] > 0 and result["cached_s"] > 0
-    assert "KV-cache speed-up" in capsys.readouterr().out
+    result = decode_cache(torch.device("cpu"), shape="t5-tiny", batch=2, new_tokens=16, repeats=1)
+    check_decode_cache_figures(result, shape="t5-tiny", batch=2, source_len=64, new_tokens=16)
+    out = capsys.readouterr().out
+    assert f"KV-cache speed-up: {result['speedup']:.2f}x" in out
+    assert f"({result['cached_tokens_per_s']:.0f} generated tokens/s" in out
 
 
 def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
@@ -48,6 +61,9 @@ def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
     measured, predicted = decode_latency(tiny_model, torch.device("cpu"), roof, batch=2, new_tokens=4,
                                          repeats=1)
     assert 0 < predicted < measured
+    # the prediction is the roofline's time of each of the four cached steps, context growing by one
+    assert predicted == pytest.approx(sum(decode_step_work(tiny_model, 2, 64 + t).roofline_seconds(roof)
+                                          for t in range(4)))
 
 
 def test_command_line_writes_json(tmp_path, capsys):
@@ -55,6 +71,7 @@ def test_command_line_writes_json(tmp_path, capsys):
     assert main(["decode-cache", "--device", "cpu", "--json", str(path)]) == 0
     figures = json.loads(path.read_text())
     assert figures["experiment"] == "decode-cache" and figures["speedup"] > 1
+    check_decode_cache_figures(figures, shape="t5-small", batch=1, source_len=64, new_tokens=64)  # the defaults
     assert "KV-cache speed-up" in capsys.readouterr().out
 
 

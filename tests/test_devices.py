@@ -23,15 +23,15 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import pidutils
-from pidutils import decode, distribution, pid, pie, t5
+from pidutils import batching, decode, distribution, drafts, measure, pid, pie, sequential, t5
 from pidutils import pipelined as pl
 from pidutils import speculative as sp
 from pidutils.models import pick_dtype, random_t5
 
 PACKAGE = pathlib.Path(next(iter(pidutils.__path__)))
 # Loaders build or load their models on the device they are given; the CPU is their documented default.
-LOADERS = {"pidutils.models.random_t5", "pidutils.zoo.load", "pidutils.pair.load_pair",
-           "pidutils.pair.record_cost_ratio", "pidutils.fullstate.load_full_state"}
+LOADERS = {"pidutils.models.random_t5", "pidutils.zoo.load", "pidutils.measure.load_testbed",
+           "pidutils.drafts.load_speculative", "pidutils.drafts.record_cost_ratio"}
 FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.rand,
              torch.randn, torch.randint, torch.randperm, torch.eye, torch.linspace}
 
@@ -48,12 +48,22 @@ def functions():
                     yield f"{info.name}.{fn.__qualname__}", fn
 
 
+def test_the_static_check_reads_every_module():
+    """The walk sees the engine, the methods and the measurements, not only the modules it was written for."""
+    seen = {name.rsplit(".", 1)[0] for name, _ in functions()}
+    for module in ("batching", "t5", "sequential", "pie", "pid", "pipelined", "speculative", "measure", "drafts",
+                   "multiprompt", "distribution", "experiments", "zoo", "zoo.training"):
+        assert any(m == f"pidutils.{module}" or m.startswith(f"pidutils.{module}.") for m in seen), module
+    assert {"pidutils.measure.load_testbed", "pidutils.drafts.load_speculative"} <= {name for name, _ in functions()}
+
+
 def test_no_function_defaults_a_device_to_the_cpu():
     cpu_defaults = sorted({name for name, fn in functions()
                            for p in inspect.signature(fn).parameters.values()
                            if "device" in p.name and p.default is not inspect.Parameter.empty
                            and p.default is not None and torch.device(p.default).type == "cpu"})
     assert [name for name in cpu_defaults if name not in LOADERS] == []
+    assert sorted(LOADERS) == sorted(name for name in cpu_defaults if name in LOADERS)  # no stale exemption
 
 
 class DevicesNamed(TorchFunctionMode):
@@ -81,40 +91,72 @@ DOCUMENTS = ["user : i need a hotel in the north , cheap please .", "user : a ta
 PROMPTS = [["hotel-area", "hotel-price"], ["taxi-leave"]]
 
 
+def random_testbed(model, draft, tokenizer):
+    """The random models in every role of chapters 4 and 5, on the two documents."""
+    roles = {"sequential": model, "pipelined": model, "target": model, "draft": draft}
+    return measure.Testbed(roles, {role: f"random {role}" for role in roles}, tokenizer, list(DOCUMENTS),
+                           [["hotel-area : north", "hotel-pricerange : cheap"], ["taxi-leaveat : 17:00"]],
+                           [["none"] * 30, ["none"] * 30])
+
+
 def decoders(model, draft, tokenizer):
     """Every public decoding function, each a call with no arguments."""
     ids = tokenizer(DOCUMENTS, padding=True, return_tensors="pt")["input_ids"]
-    memory = pl.document_memory(model, tokenizer, DOCUMENTS)
+    memory = t5.document_memory(model, tokenizer, DOCUMENTS)
     targets = [[[10, 11], [12]], [[13]]]
+    bed = random_testbed(model, draft, tokenizer)
+    chapter4 = measure.full_state_ways(hugging_face=False)
+    chapter5 = measure.speculative_ways([2], sampling=sp.Sampling(1.0), hugging_face=False)
+    one = t5.CrossMemory([k[:1] for k in memory.keys], [v[:1] for v in memory.values], memory.bias[:1])
     return {
+        "batching.tokenize_checked": lambda: batching.tokenize_checked(tokenizer, DOCUMENTS, what="each document",
+                                                                       truncation=False, device=model.device),
         "decode_n_tokens": lambda: decode.decode_n_tokens(model, ids, 3),
         "greedy_uncached": lambda: decode.greedy_uncached(model, ids, 3),
-        "pie_generate": lambda: pie.pie_generate(model, tokenizer, DOCUMENTS, PROMPTS, 3),
-        "pid_generate": lambda: pid.pid_generate(model, tokenizer, DOCUMENTS, PROMPTS, 3),
-        "pid_generate copy": lambda: pid.pid_generate(model, tokenizer, DOCUMENTS, PROMPTS, 3, cross="copy"),
-        "pid_reference": lambda: pid.pid_reference(model, tokenizer, DOCUMENTS, PROMPTS, 3),
-        "pipelined_generate": lambda: pl.pipelined_generate(model, tokenizer, DOCUMENTS, 1, 6, 3),
-        "pipelined uncached": lambda: pl.pipelined_generate_ids(model, tokenizer, DOCUMENTS, 2, 6, 3, cached=False),
-        "algorithm1 cached_step": lambda: pl.algorithm1(pl.recording(pl.cached_step(model, memory, 2, 4), []),
-                                                        2, 1, 6, 3, 0, 1, 0),
+        "pie_generate": lambda: pie.pie_generate(model, tokenizer, DOCUMENTS, PROMPTS, max_new_tokens=3),
+        "pie_loop": lambda: pie.pie_loop(model, tokenizer, DOCUMENTS, PROMPTS, max_new_tokens=3),
+        "pid_generate": lambda: pid.pid_generate(model, tokenizer, DOCUMENTS, PROMPTS, max_new_tokens=3),
+        "pid_generate copy": lambda: pid.pid_generate(model, tokenizer, DOCUMENTS, PROMPTS, max_new_tokens=3,
+                                                      cross="copy"),
+        "pid_reference": lambda: pid.pid_reference(model, tokenizer, DOCUMENTS, PROMPTS, max_new_tokens=3),
+        "pipelined_generate": lambda: pl.pipelined_generate(model, tokenizer, DOCUMENTS, delta_t=1, time_max=6,
+                                                            sub_max=3),
+        "pipelined uncached": lambda: pl.pipelined_generate_ids(model, tokenizer, DOCUMENTS, delta_t=2, time_max=6,
+                                                                sub_max=3, cached=False),
+        "algorithm1 cached_step": lambda: pl.algorithm1(
+            pl.recording(pl.cached_step(model, memory, rows=2, capacity=4), []), b=2, delta_t=1, time_max=6,
+            sub_max=3, bos=0, eos=1, pad=0),
         "teacher_forced_logits": lambda: pl.teacher_forced_logits(
-            model, memory, pl.training_layout(targets, [1, 2], 0, 1, 0, device=model.device)[0]),
-        "sequential_generate": lambda: pl.sequential_generate(model, tokenizer, DOCUMENTS, 4),
-        "t5.greedy": lambda: pl.sequential_decode(model, memory, 0, 4),
-        "speculative greedy": lambda: sp.speculative_generate(model, draft, tokenizer, DOCUMENTS, 3, max_new_tokens=6),
-        "speculative sampled": lambda: sp.speculative_generate(model, draft, tokenizer, DOCUMENTS, 3,
-                                                               sp.Sampling(1.0, top_k=5, top_p=0.9), 6),
-        "autoregressive sampled": lambda: sp.autoregressive(model, memory, sp.Sampling(1.0), 4,
-                                                            generator=torch.Generator().manual_seed(0)),
-        "sequence_distribution": lambda: distribution.sequence_distribution(model, t5.CrossMemory(
-            [k[:1] for k in memory.keys], [v[:1] for v in memory.values], memory.bias[:1]), sp.Sampling(1.0), 2),
+            model, memory, pl.training_layout(targets, [1, 2], bos=0, eos=1, pad=0, device=model.device)[0]),
+        "sequential_generate": lambda: sequential.sequential_generate(model, tokenizer, DOCUMENTS, max_new_tokens=4),
+        "t5.greedy": lambda: sequential.sequential_decode(model, memory, pad=0, max_new_tokens=4),
+        "speculative greedy": lambda: sp.speculative_generate(model, draft, tokenizer, DOCUMENTS, gamma=3,
+                                                              max_new_tokens=6),
+        "speculative sampled": lambda: sp.speculative_generate(model, draft, tokenizer, DOCUMENTS, gamma=3,
+                                                               sampling=sp.Sampling(1.0, top_k=5, top_p=0.9),
+                                                               max_new_tokens=6),
+        "autoregressive sampled": lambda: sp.autoregressive(model, memory, sampling=sp.Sampling(1.0), max_new_tokens=4,
+                                                            pad=0, generator=torch.Generator().manual_seed(0)),
+        "sequence_distribution": lambda: distribution.sequence_distribution(model, one, sp.Sampling(1.0), 2),
+        "speculative_samples": lambda: distribution.speculative_samples(
+            model, draft, one.repeated(3), one.repeated(3), 2, sp.Sampling(1.0), 3, 1,
+            torch.Generator().manual_seed(0)),
+        "measure.outcomes chapter 4": lambda: measure.outcomes(bed, chapter4, b=2),
+        "measure.outcomes chapter 5": lambda: measure.outcomes(bed, chapter5, b=2),
+        "measure.steps_taken": lambda: [measure.steps_taken(bed, way) for way in chapter4.values()],
+        "drafts.alpha": lambda: drafts.alpha(bed.select(0, 1), gamma=2),
+        "drafts.trace": lambda: drafts.trace(bed, 0, gamma=2, sampling=sp.Sampling(1.0)),
+        "drafts.disagreements": lambda: drafts.disagreements(bed),
+        "drafts.verify_cost": lambda: drafts.verify_cost(bed, gamma=2, context=3, repeats=1),
     }
 
 
-DECODERS = ["decode_n_tokens", "greedy_uncached", "pie_generate", "pid_generate", "pid_generate copy",
+DECODERS = ["batching.tokenize_checked", "decode_n_tokens", "greedy_uncached", "pie_generate", "pie_loop", "pid_generate", "pid_generate copy",
             "pid_reference", "pipelined_generate", "pipelined uncached", "algorithm1 cached_step",
             "teacher_forced_logits", "sequential_generate", "t5.greedy", "speculative greedy",
-            "speculative sampled", "autoregressive sampled", "sequence_distribution"]
+            "speculative sampled", "autoregressive sampled", "sequence_distribution", "speculative_samples",
+            "measure.outcomes chapter 4", "measure.outcomes chapter 5", "measure.steps_taken", "drafts.alpha",
+            "drafts.trace", "drafts.disagreements", "drafts.verify_cost"]
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -130,19 +172,28 @@ def test_every_public_decoder_is_guarded(pair, tokenizer):
 
 
 def test_the_guard_catches_a_device_that_is_not_the_models():
-    """What ``algorithm1(..., device="cpu")``, its old default, did at every step."""
-    docs, active = [pl.Schedule([[]], ended=[False])], [[0]]
-    with DevicesNamed(), pytest.raises(AssertionError, match="torch.tensor at .*pipelined.py.* given device='cpu'"):
-        pl.step_inputs(docs, active, 0, 0, 0, "cpu")
+    """What ``algorithm1(..., device="cpu")`` would do if it passed the string on: Algorithm 1's state
+    (:class:`pidutils.pipelined.Progress`) made on a device someone wrote, not a model's."""
+    knobs = dict(sub_max=2, time_max=3, bos=0, eos=1)
+    with DevicesNamed(), pytest.raises(AssertionError, match="torch.zeros at .*pipelined.py.* given device='cpu'"):
+        pl.Progress(1, device="cpu", **knobs)
     with DevicesNamed():
-        assert pl.step_inputs(docs, active, 0, 0, 0, torch.device("cpu")).ids.tolist() == [[0]]
+        state = pl.Progress(1, device=torch.device("cpu"), **knobs)
+        assert state.last.device == torch.device("cpu")
+        # algorithm1 turns a device it is given into a torch.device before it makes anything
+        scripted = pl.scripted_step([[[10]]], delta_t=1, eos=1, vocab_size=20)
+        schedule = pl.algorithm1(lambda new: scripted(new), b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1, pad=0,
+                                 device="cpu")[0]
+        assert schedule.subsequences[0] == [10]
 
 
 def test_algorithm1_asks_for_a_device_when_its_step_carries_none():
-    scripted = pl.scripted_step([[[10]]], 1, 1, 20)
+    scripted = pl.scripted_step([[[10]]], delta_t=1, eos=1, vocab_size=20)
+    knobs = dict(b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1, pad=0)
     with pytest.raises(ValueError, match="device must be given"):
-        pl.algorithm1(lambda new: scripted(new), 1, 1, 5, 2, 0, 1, 0)
-    assert pl.algorithm1(lambda new: scripted(new), 1, 1, 5, 2, 0, 1, 0, device="cpu")[0].subsequences[0] == [10]
+        pl.algorithm1(lambda new: scripted(new), **knobs)
+    assert pl.algorithm1(lambda new: scripted(new), **knobs, device="cpu")[0].subsequences[0] == [10]
+    assert pl.algorithm1(scripted, **knobs)[0].subsequences[0] == [10]  # the scripted step carries the CPU
 
 
 @pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),

@@ -66,7 +66,8 @@ def test_whole_rounds_in_rows_of_a_batch_sample_the_target_distribution(close_pa
     assert counts["fallen"] > 1000 and counts["long_runs"] > 100  # rejections, and rounds of 3 or more tokens
     observed = torch.bincount(dist.sequence_index(tokens.flatten(0, 1), 6, LENGTH, 0), minlength=6 ** LENGTH)
     assert dist.chi_square(observed, exact)[2] > 0.01
-    alone = sp.autoregressive(draft, md.repeated(9600), sampling, LENGTH, 0, torch.Generator().manual_seed(2))
+    alone = sp.autoregressive(draft, md.repeated(9600), sampling=sampling, max_new_tokens=LENGTH, pad=0,
+                              generator=torch.Generator().manual_seed(2))
     assert dist.chi_square(torch.bincount(dist.sequence_index(alone, 6, LENGTH, 0), minlength=6 ** LENGTH),
                            exact)[2] < 1e-6
     # 3% of the mass moved between the two likeliest sequences is caught at the same sample size

@@ -6,7 +6,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from pidutils import pid, zoo
+from pidutils import pid, sequential, t5, zoo
 from pidutils import pipelined as pl
 from pidutils import speculative as sp
 from pidutils.models import SHAPES, random_t5
@@ -61,40 +61,45 @@ def hugging_face_greedy(model, tokenizer, documents, max_new_tokens):
 def test_pid_decodes_with_a_hub_tokenizer(hub, rows):
     target, _, tokenizer, documents = hub
     prompts = [["w1 w2", "w3"], ["w4"], ["w5 w6 w7", "w8", "w9"]][:rows]
-    ids, scores = pid.pid_generate_ids(target, tokenizer, documents[:rows], prompts, 4, return_scores=True)
-    ref, ref_scores = pid.pid_reference(target, tokenizer, documents[:rows], prompts, 4)
+    ids, scores = pid.pid_generate_ids(target, tokenizer, documents[:rows], prompts, max_new_tokens=4,
+                                       return_scores=True)
+    ref, ref_scores = pid.pid_reference(target, tokenizer, documents[:rows], prompts, max_new_tokens=4)
     assert torch.equal(ids, ref[:, :ids.shape[1]])
     assert (scores - ref_scores[:, :ids.shape[1]]).abs().max() <= 1e-5 * ref_scores.abs().max()
-    assert [len(a) for a in pid.pid_generate(target, tokenizer, documents[:rows], prompts, 4)] == \
-        [len(p) for p in prompts]
+    answers = pid.pid_generate(target, tokenizer, documents[:rows], prompts, max_new_tokens=4)
+    assert answers == pid.split_answers(tokenizer, ref, prompts)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_sequential_decoding_is_hugging_faces_with_a_hub_tokenizer(hub, rows):
     target, _, tokenizer, documents = hub
-    ours = pl.sequential_generate_ids(target, tokenizer, documents[:rows], max_new_tokens=6)
-    assert torch.equal(ours, hugging_face_greedy(target, tokenizer, documents[:rows], 6))
-    assert len(pl.sequential_generate(target, tokenizer, documents[:rows], max_new_tokens=6)) == rows
+    ours = sequential.sequential_generate_ids(target, tokenizer, documents[:rows], max_new_tokens=6)
+    expected = hugging_face_greedy(target, tokenizer, documents[:rows], 6)
+    assert torch.equal(ours, expected)
+    assert sequential.sequential_generate(target, tokenizer, documents[:rows], max_new_tokens=6) == \
+        sequential.sequential_states(tokenizer, expected)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_pipelined_decoding_equals_its_uncached_reference_with_a_hub_tokenizer(hub, rows):
     target, _, tokenizer, documents = hub
-    cached = pl.pipelined_generate_ids(target, tokenizer, documents[:rows], 2, time_max=6, sub_max=3)
-    uncached = pl.pipelined_generate_ids(target, tokenizer, documents[:rows], 2, time_max=6, sub_max=3, cached=False)
+    knobs = dict(delta_t=2, time_max=6, sub_max=3)
+    cached = pl.pipelined_generate_ids(target, tokenizer, documents[:rows], **knobs)
+    uncached = pl.pipelined_generate_ids(target, tokenizer, documents[:rows], **knobs, cached=False)
     assert [s.subsequences for s in cached] == [s.subsequences for s in uncached]
     assert sum(s.steps for s in cached) >= 6
-    assert len(pl.pipelined_generate(target, tokenizer, documents[:rows], 2, time_max=6, sub_max=3)) == rows
+    assert pl.pipelined_generate(target, tokenizer, documents[:rows], **knobs) == pl.schedule_states(tokenizer, cached)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_speculative_decoding_is_the_targets_with_a_hub_tokenizer(hub, rows):
     target, draft, tokenizer, documents = hub
-    ours, stats = sp.speculative_generate_ids(target, draft, tokenizer, documents[:rows], 3, max_new_tokens=6)
+    ours, stats = sp.speculative_generate_ids(target, draft, tokenizer, documents[:rows], gamma=3, max_new_tokens=6)
     expected = hugging_face_greedy(target, tokenizer, documents[:rows], 6)
-    assert torch.equal(ours, sp.trim(expected, tokenizer.pad_token_id))
-    assert stats.rounds and len(sp.speculative_generate(target, draft, tokenizer, documents[:rows], 3,
-                                                        max_new_tokens=6)) == rows
+    assert torch.equal(ours, t5.trim(expected, tokenizer.pad_token_id))
+    assert stats.rounds and sp.speculative_generate(target, draft, tokenizer, documents[:rows], gamma=3,
+                                                    max_new_tokens=6) == \
+        tokenizer.batch_decode(expected, skip_special_tokens=True)
 
 
 # --- generate on a decoder deeper than its encoder ------------------------------------------------
@@ -117,7 +122,7 @@ def test_zoo_generate_works_on_a_deeper_decoder(deep):
     model, tokenizer, enc = deep
     with torch.inference_mode():
         out = zoo.generate(model, **enc, max_new_tokens=8, do_sample=False)
-    memory = pl.cross_memory(model, pl.encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+    memory = t5.encoded_memory(model, enc["input_ids"], enc["attention_mask"])
     assert model.config.num_layers < model.config.num_decoder_layers  # restored after the call
-    ours = pl.sequential_decode(model, memory, tokenizer.pad_token_id, 8)
+    ours = sequential.sequential_decode(model, memory, pad=tokenizer.pad_token_id, max_new_tokens=8)
     assert torch.equal(out[:, 1:], ours)

@@ -22,25 +22,26 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> bool:
 
 
 def test_shared_copy_and_reference_give_identical_tokens_and_close_logits(model, tokenizer, docs):
-    shared, s_scores = pid.pid_generate_ids(model, tokenizer, docs, PROMPTS, 6, return_scores=True)
-    copy, c_scores = pid.pid_generate_ids(model, tokenizer, docs, PROMPTS, 6, cross="copy", return_scores=True)
-    ref, r_scores = pid.pid_reference(model, tokenizer, docs, PROMPTS, 6)
+    shared, s_scores = pid.pid_generate_ids(model, tokenizer, docs, PROMPTS, max_new_tokens=6, return_scores=True)
+    copy, c_scores = pid.pid_generate_ids(model, tokenizer, docs, PROMPTS, max_new_tokens=6, cross="copy",
+                                          return_scores=True)
+    ref, r_scores = pid.pid_reference(model, tokenizer, docs, PROMPTS, max_new_tokens=6)
     assert shared.shape == (3 * 7, 6)
     assert torch.equal(shared, copy) and torch.equal(shared, ref)
     assert close(s_scores, c_scores) and close(s_scores, r_scores)
 
 
 def test_reference_with_padding_equals_one_prompt_at_a_time(model, tokenizer, docs):
-    ref, _ = pid.pid_reference(model, tokenizer, docs[:1], [PROMPTS[0]], 5)
+    ref, _ = pid.pid_reference(model, tokenizer, docs[:1], [PROMPTS[0]], max_new_tokens=5)
     for u, prompt in enumerate(PROMPTS[0]):
-        alone, _ = pid.pid_reference(model, tokenizer, docs[:1], [[prompt]], 5)
+        alone, _ = pid.pid_reference(model, tokenizer, docs[:1], [[prompt]], max_new_tokens=5)
         assert torch.equal(alone[0], ref[u])
 
 
 def test_answers_drop_the_padding_prompts(model, tokenizer, docs):
-    answers = pid.pid_generate(model, tokenizer, docs, PROMPTS, 4)
+    answers = pid.pid_generate(model, tokenizer, docs, PROMPTS, max_new_tokens=4)
     assert [len(a) for a in answers] == [len(p) for p in PROMPTS]
-    one = pid.pid_generate(model, tokenizer, docs[2:], PROMPTS[2:], 4)
+    one = pid.pid_generate(model, tokenizer, docs[2:], PROMPTS[2:], max_new_tokens=4)
     assert one[0] == answers[2]
 
 

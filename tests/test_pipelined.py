@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import T5EncoderModel
 
+from pidutils import measure, sequential, t5
 from pidutils import pipelined as pl
 from pidutils.models import random_t5
 
@@ -18,8 +19,8 @@ def close(a, b, tol=1e-5):
 
 def figure2(delta_t):
     """The paper's Figure 2, "A B C <sep> D E", driven by a scripted model."""
-    step = pl.scripted_step([[[A, B, C], [D, E]]], delta_t, EOS, vocab_size=20)
-    return pl.algorithm1(step, 1, delta_t, time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD)[0]
+    step = pl.scripted_step([[[A, B, C], [D, E]]], delta_t=delta_t, eos=EOS, vocab_size=20)
+    return pl.algorithm1(step, b=1, delta_t=delta_t, time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD)[0]
 
 
 def tokens_per_step(schedule, script):
@@ -83,7 +84,7 @@ def test_mask_and_positions_of_figure3():
 
 
 def test_training_layout_labels_each_token_with_the_next_of_its_subsequence():
-    layout, labels = pl.training_layout([[[A, B, C], [D, E]]], [1], BOS, EOS, PAD)
+    layout, labels = pl.training_layout([[[A, B, C], [D, E]]], [1], bos=BOS, eos=EOS, pad=PAD)
     assert layout.ids[0].tolist() == [BOS, A, BOS, B, D, BOS, C, E]
     assert labels[0].tolist() == [A, B, D, C, E, EOS, EOS, EOS]
     assert layout.sub[0].tolist() == [0, 0, 1, 0, 1, 2, 0, 1]
@@ -101,13 +102,13 @@ def setup(tokenizer):
 
 def decode(model, tokenizer, documents, step_kind, delta_t=1, time_max=12, sub_max=5):
     enc = tokenizer(documents, padding=True, return_tensors="pt")
-    memory = pl.cross_memory(model, pl.encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+    memory = t5.encoded_memory(model, enc["input_ids"], enc["attention_mask"])
     logits = []
-    step = pl.cached_step(model, memory, len(documents), time_max * sub_max) if step_kind == "cached" \
+    step = pl.cached_step(model, memory, rows=len(documents), capacity=time_max * sub_max) if step_kind == "cached" \
         else pl.uncached_step(model, memory)
     with torch.inference_mode():
-        schedules = pl.algorithm1(pl.recording(step, logits), len(documents), delta_t, time_max, sub_max,
-                                  BOS, EOS, tokenizer.pad_token_id)
+        schedules = pl.algorithm1(pl.recording(step, logits), b=len(documents), delta_t=delta_t, time_max=time_max,
+                                  sub_max=sub_max, bos=BOS, eos=EOS, pad=tokenizer.pad_token_id)
     return schedules, logits
 
 
@@ -136,13 +137,13 @@ def test_forced_decoding_gives_the_teacher_forced_logits(setup, delta_t):
     model, tokenizer, documents = setup
     targets = [[[A, B, C], [D, E]], [[E], [D, C, B, A], [B]]]
     enc = tokenizer(documents, padding=True, return_tensors="pt")
-    memory = pl.cross_memory(model, pl.encode(model, enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
-    recorded, forced = [], pl.scripted_step(targets, delta_t, EOS, len(tokenizer))
-    real = pl.cached_step(model, memory, 2, 100)
+    memory = t5.encoded_memory(model, enc["input_ids"], enc["attention_mask"])
+    recorded, forced = [], pl.scripted_step(targets, delta_t=delta_t, eos=EOS, vocab_size=len(tokenizer))
+    real = pl.cached_step(model, memory, rows=2, capacity=100)
     with torch.inference_mode():
-        pl.algorithm1(lambda new: (recorded.append((new, real(new))), forced(new))[1], 2, delta_t, 50, 20,
-                      BOS, EOS, PAD, device=model.device)
-        layout, _ = pl.training_layout(targets, [delta_t, delta_t], BOS, EOS, PAD)
+        pl.algorithm1(lambda new: (recorded.append((new, real(new))), forced(new))[1], b=2, delta_t=delta_t,
+                      time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD, device=model.device)
+        layout, _ = pl.training_layout(targets, [delta_t, delta_t], bos=BOS, eos=EOS, pad=PAD)
         teacher = pl.teacher_forced_logits(model, memory, layout)
     checked = 0
     for new, logits in recorded:
@@ -187,26 +188,76 @@ def test_an_encoder_only_model_is_refused(setup):
     with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
         pl.pipelined_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
     with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
-        pl.sequential_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
+        sequential.sequential_generate(T5EncoderModel(random_t5("t5-tiny").config), tokenizer, documents)
 
 
 def test_the_pipelined_experiment_reports_every_figure(capsys):
+    """Small arguments, but every figure re-derived: each speed-up is the ratio of the reported times,
+    each throughput the dialogues over the seconds, the steps the decoders' own, the JGA the one
+    :func:`pidutils.measure.jga` gives for the same ways on the same dialogues."""
     from pidutils.experiments import pipelined_speedups
-    result = pipelined_speedups(torch.device("cpu"), dialogues=3, batch=2, repeats=1, quality_dialogues=3)
-    assert set(result["throughput"]) == {"b=1, end to end", "b=1, decoding phase", "b=2, end to end",
-                                         "b=2, decoding phase"}
-    assert all(row["speedup"] > 0 for row in result["throughput"].values())
-    assert result["steps"]["ratio"] > 1 and set(result["peak_bytes"]) == {"sequential", "pipelined"}
-    assert set(result["delta_t"]) == set(pl.DELTA_TS) and 0 <= result["jga"]["pipelined"] <= 1
+    n = 3
+    result = pipelined_speedups(torch.device("cpu"), dialogues=n, batch=2, repeats=1, quality_dialogues=n)
+    rows = result["throughput"]
+    assert sorted((r["b"], r["phase"]) for r in rows) == [(1, "decoding phase"), (1, "end to end"),
+                                                          (2, "decoding phase"), (2, "end to end")]
+    for row in rows:
+        ways = ["sequential", "pipelined"] + (["HF_generate"] if row["phase"] == "end to end" else [])
+        assert all(row[f"{w}_s"] > 0 for w in ways)
+        assert ("HF_generate_s" in row) == (row["phase"] == "end to end")  # generate has no decoding phase
+        assert row["speedup"] == pytest.approx(row["sequential_s"] / row["pipelined_s"], rel=1e-12)
+        for w in ways:
+            assert row[f"{w}_per_s"] == pytest.approx(n / row[f"{w}_s"], rel=1e-12)
+        if "HF_generate_s" in row:
+            assert row["speedup_vs_hf"] == pytest.approx(row["HF_generate_s"] / row["pipelined_s"], rel=1e-12)
+    bed = measure.load_testbed(measure.FULL_STATE, device="cpu", dialogues=n)
+    ways = measure.full_state_ways(hugging_face=False)
+    seq_steps, pipe_steps = (measure.steps_taken(bed, ways[w]) for w in ("sequential", "pipelined"))
+    steps = result["steps"]
+    assert (steps["sequential"], steps["pipelined"]) == (pytest.approx(sum(seq_steps) / n),
+                                                         pytest.approx(sum(pipe_steps) / n))
+    assert steps["ratio"] == pytest.approx(steps["sequential"] / steps["pipelined"]) and steps["ratio"] > 1
+    if "encoder_bound" in result:  # Amdahl: the encoders' share of the sequential decoder at b = 1
+        at_1 = {r["phase"]: r["sequential_s"] for r in rows if r["b"] == 1}
+        encoders = at_1["end to end"] - at_1["decoding phase"]
+        assert result["encoder_bound"]["encoder_share"] == pytest.approx(encoders / at_1["end to end"])
+        assert result["encoder_bound"]["end_to_end_bound"] == pytest.approx(
+            at_1["end to end"] / (encoders + at_1["decoding phase"] / steps["ratio"]))
+    assert set(result["peak_bytes"]) == {"sequential", "pipelined"} and min(result["peak_bytes"].values()) > 0
+    assert [r["delta_t"] for r in result["delta_t"]] == list(pl.DELTA_TS)
+    for row in result["delta_t"]:
+        assert row["examples_per_s"] == pytest.approx(n / row["seconds"], rel=1e-12)
+        taken = measure.steps_taken(bed, measure.pipelined_way(delta_t=row["delta_t"]))
+        assert row["steps"] == pytest.approx(sum(taken) / n)
+    quality_ways = {"sequential": measure.sequential_way()} | {
+        f"pipelined delta_t={d}": measure.pipelined_way(delta_t=d) for d in pl.DELTA_TS}
+    right = measure.outcomes(bed, quality_ways)
+    quality = result["quality"]
+    assert quality["dialogues"] == n
+    for name, outcomes in right.items():
+        assert 0 <= quality[name]["jga"] <= 1
+        assert quality[name]["jga"] == pytest.approx(sum(outcomes) / n)
+        assert quality[name]["stderr"] == pytest.approx(measure.standard_error(outcomes))
+        if name != "sequential":
+            only_seq, only_pipe, p = measure.paired(right["sequential"], outcomes)
+            counts = quality[name]["only_sequential_right"], quality[name]["only_pipelined_right"]
+            assert counts == (only_seq, only_pipe)
+            assert quality[name]["mcnemar_p"] == pytest.approx(p)
+    assert result["jga"] == {"sequential": quality["sequential"]["jga"],
+                             "pipelined": quality["pipelined delta_t=1"]["jga"]}
+    assert result["jga"] == pytest.approx(measure.jga(bed, measure.full_state_ways(hugging_face=False)))
+    assert set(result["by_subsequences"]) == {len(s) for s in bed.subsequences}
+    assert all(v > 0 for v in result["by_subsequences"].values())
     assert "Figure 4" in capsys.readouterr().out
 
 
 def test_predicted_latency_counts_the_schedule_of_the_gold_state():
-    from pidutils import cost, fullstate
-    fs = fullstate.load_full_state("cpu", dialogues=2)
-    lengths = fullstate.gold_lengths(fs, 0)
-    assert len(lengths) == len(fs.subsequences[0])
-    assert fullstate.predicted_latency(fs, 0, 2, encoder_s=0.01, step_s=0.001) == \
+    from pidutils import cost
+    bed = measure.load_testbed(measure.FULL_STATE, device="cpu", dialogues=2)
+    lengths = measure.gold_lengths(bed, 0)
+    assert len(lengths) == len(bed.subsequences[0])
+    assert lengths == [len(bed.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in bed.subsequences[0]]
+    assert measure.predicted_latency(bed, 0, delta_t=2, encoder_s=0.01, step_s=0.001) == \
         pytest.approx(0.01 + cost.pipelined_steps(lengths, 2) * 0.001)
 
 
@@ -226,7 +277,7 @@ def test_a_decoding_steps_bias_is_the_general_one():
 
 
 def test_paired_counts_the_dialogues_only_one_decoder_gets_right_and_tests_them_exactly():
-    from pidutils.fullstate import paired, standard_error
+    from pidutils.measure import paired, standard_error
     assert paired([True, False], [False, False]) == (1, 0, 1.0)
     assert paired([True] * 6, [False] * 6) == (6, 0, pytest.approx(2 / 2 ** 6))  # 6 to 0: p = 2 · 0.5^6
     assert paired([True, True, False], [True, False, True])[:2] == (1, 1)

@@ -8,18 +8,16 @@ from torch.overrides import TorchFunctionMode
 
 from pidutils import distribution as dist
 from pidutils import speculative as sp
-from pidutils import cost, t5, zoo
-from pidutils.fullstate import load_full_state
+from pidutils import cost, drafts, measure, t5, zoo
 from pidutils.models import random_t5
-from pidutils.pair import Pair, hugging_face_assisted
-from pidutils.pipelined import document_memory
+from pidutils.t5 import document_memory, trim
 
 SMALL = dict(initializer_factor=1.0, vocab_size=6, num_layers=1, d_model=32, d_ff=64, d_kv=8, num_heads=4)
 
 
 def memory_of(model, source):
     mask = torch.ones_like(source)
-    return t5.cross_memory(model, t5.encode(model, source, mask), mask)
+    return t5.encoded_memory(model, source, mask)
 
 
 # --- The accept/reject rule -----------------------------------------------------------------------------
@@ -90,6 +88,28 @@ def test_the_slides_temperature_example():
                               atol=1e-5)
 
 
+def test_the_batchs_shortest_run_and_the_tokens_every_row_keeps():
+    """b = 3 rows, γ = 3: every row keeps the shortest run m of standing guesses, plus one token."""
+    eos, pad = 1, 0
+    guesses = torch.tensor([[5, 6, 7], [5, 1, 9], [8, 8, 8]])
+    after = torch.tensor([40, 41, 42])  # each row's token after its run
+    n = torch.tensor([3, 2, 0])
+    running = torch.zeros(3, dtype=torch.bool)
+    # row 1's run holds </s> (it ends there) and does not hold the others back; row 2 has no run
+    m = sp.shortest_run(n, guesses, running, eos=eos)
+    assert m.dim() == 0 and int(m) == 0
+    assert sp.kept_tokens(guesses, n, m, after, pad=pad).tolist() == [[5, 0, 0, 0], [5, 0, 0, 0], [42, 0, 0, 0]]
+    # with row 2 done, the shortest run is row 0's: all three stood, and its bonus token follows
+    done = torch.tensor([False, False, True])
+    m = sp.shortest_run(n, guesses, done, eos=eos)
+    assert int(m) == 3
+    assert sp.kept_tokens(guesses, n, m, after, pad=pad).tolist()[0] == [5, 6, 7, 40]
+    # a row whose run is longer than m keeps its guess m+1, which stood; a shorter one its correction
+    m = torch.tensor(1)
+    assert sp.kept_tokens(guesses, torch.tensor([3, 1, 2]), m, after, pad=pad).tolist() == \
+        [[5, 6, 0, 0], [5, 41, 0, 0], [8, 8, 0, 0]]
+
+
 # --- Greedy speculative decoding is the target's greedy decoding ----------------------------------------
 
 def perturbed(model, scale, seed=5):
@@ -113,21 +133,21 @@ def random_pair():
 @pytest.mark.parametrize("gamma", [1, 3, 8])
 def test_greedy_equals_the_target_on_random_models(random_pair, gamma):
     target, draft, mt, md, source = random_pair
-    expected = sp.autoregressive(target, mt, max_new_tokens=20)
-    ours, stats = sp.speculative_decode(target, draft, mt, md, gamma, max_new_tokens=20)
+    expected = sp.autoregressive(target, mt, max_new_tokens=20, pad=0)
+    ours, stats = sp.speculative_decode(target, draft, mt, md, gamma=gamma, max_new_tokens=20, pad=0)
     assert torch.equal(ours, expected)  # batched, b = 3
     assert 0 < stats.alpha < 1
     for row in range(3):
         one = source[row:row + 1]
-        ours, _ = sp.speculative_decode(target, draft, memory_of(target, one), memory_of(draft, one), gamma,
-                                        max_new_tokens=20)
-        assert torch.equal(ours, sp.trim(expected[row:row + 1], 0))
+        ours, _ = sp.speculative_decode(target, draft, memory_of(target, one), memory_of(draft, one), gamma=gamma,
+                                        max_new_tokens=20, pad=0)
+        assert torch.equal(ours, trim(expected[row:row + 1], 0))
 
 
 def test_a_draft_identical_to_the_target_has_every_guess_stand(random_pair):
     target, _, mt, _, _ = random_pair
-    ours, stats = sp.speculative_decode(target, target, mt, mt, 4, max_new_tokens=20)
-    assert torch.equal(ours, sp.autoregressive(target, mt, max_new_tokens=20))
+    ours, stats = sp.speculative_decode(target, target, mt, mt, gamma=4, max_new_tokens=20, pad=0)
+    assert torch.equal(ours, sp.autoregressive(target, mt, max_new_tokens=20, pad=0))
     assert stats.alpha == 1.0 and all(r.standing == [4, 4, 4] for r in stats.rounds[:-1])
 
 
@@ -151,39 +171,42 @@ class HostReads(TorchFunctionMode):
 def test_the_statistics_add_no_host_reads_to_the_rounds(random_pair):
     target, draft, mt, md, _ = random_pair
     with torch.inference_mode(), HostReads() as reads:
-        tokens, stats = sp.speculative_decode(target, draft, mt, md, 4, max_new_tokens=20)
+        tokens, stats = sp.speculative_decode(target, draft, mt, md, gamma=4, max_new_tokens=20, pad=0)
     rounds = stats.rounds  # read back now, after the run
-    # the loop's own reads only: "is every row done?" per round and per draft step, the shortest run m
-    # per round, one last "done?", and trimming the padding
-    assert reads.count <= sum(len(r.guesses[0]) + 2 for r in rounds) + 3
+    # the loop's own reads only: one per round (the shortest run m and "is every row done?" together;
+    # none per draft step), and trimming the padding at the end
+    assert reads.count <= len(rounds) + 2
     assert len(rounds) > 1 and tokens.shape[1] > 1 and 0 < stats.alpha < 1
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 6, 7])
 def test_the_length_limit_is_kept_exactly(random_pair, max_new_tokens):
     target, draft, mt, md, _ = random_pair
-    ours, _ = sp.speculative_decode(target, draft, mt, md, 5, max_new_tokens=max_new_tokens)
+    ours, _ = sp.speculative_decode(target, draft, mt, md, gamma=5, max_new_tokens=max_new_tokens, pad=0)
     assert ours.shape[1] <= max_new_tokens
-    assert torch.equal(ours, sp.autoregressive(target, mt, max_new_tokens=max_new_tokens))
+    assert torch.equal(ours, sp.autoregressive(target, mt, max_new_tokens=max_new_tokens, pad=0))
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    target, tokenizer = zoo.load("seq-t5-deep")
-    draft, _ = zoo.load("seq-t5-tiny")
-    documents = load_full_state("cpu", 8).documents
-    return target, draft, tokenizer, documents
+def bed():
+    """Chapter 5's testbed: the shipped target and trained draft, and the first 8 test dialogues."""
+    return drafts.load_speculative(device="cpu", dialogues=8)
+
+
+@pytest.fixture(scope="module")
+def shipped(bed):
+    return bed["target"], bed["draft"], bed.tokenizer, bed.documents
 
 
 @pytest.mark.parametrize("gamma", [2, 5, 8])
 def test_greedy_equals_the_target_on_the_shipped_models(shipped, gamma):
     target, draft, tokenizer, documents = shipped
-    expected = sp.autoregressive(target, document_memory(target, tokenizer, documents))
-    batched, stats = sp.speculative_generate_ids(target, draft, tokenizer, documents, gamma)
+    expected = sp.autoregressive(target, document_memory(target, tokenizer, documents), pad=tokenizer.pad_token_id)
+    batched, stats = sp.speculative_generate_ids(target, draft, tokenizer, documents, gamma=gamma)
     assert torch.equal(batched, expected)
     for i, document in enumerate(documents[:3]):
-        one, _ = sp.speculative_generate_ids(target, draft, tokenizer, [document], gamma)
-        assert torch.equal(one, sp.trim(expected[i:i + 1], tokenizer.pad_token_id))
+        one, _ = sp.speculative_generate_ids(target, draft, tokenizer, [document], gamma=gamma)
+        assert torch.equal(one, trim(expected[i:i + 1], tokenizer.pad_token_id))
     assert stats.alpha > 0.5
 
 
@@ -196,31 +219,48 @@ def test_end_of_sequence_inside_a_standing_run(shipped):
     assert inside, "no row ended inside a run of standing guesses"
     for r, i in inside:  # the row keeps its guesses up to </s>, and nothing after
         assert r.kept[i] == r.guesses[i][:r.guesses[i].index(eos) + 1]
-    assert torch.equal(tokens, sp.autoregressive(target, document_memory(target, tokenizer, documents[:3])))
+    assert torch.equal(tokens, sp.autoregressive(target, document_memory(target, tokenizer, documents[:3]), pad=pad))
     for row in tokens.tolist():  # everything after </s> is padding
         assert set(row[row.index(eos) + 1:]) <= {pad}
 
 
-def test_the_draft_stops_once_every_row_has_guessed_its_end(shipped):
+def test_the_draft_guesses_gamma_tokens_a_round_and_nothing_after_an_end_is_kept(shipped):
+    """The draft no longer stops at its own </s> (that would read a number back at every guess): it
+    makes γ guesses every round, and the rounds keep nothing a row makes after its </s>. Every row
+    of a round keeps the batch's shortest run plus one token, unless its output ends inside it."""
     target, draft, tokenizer, documents = shipped
-    eos = target.config.eos_token_id
-    stopped = 0
-    for rows in [[d] for d in documents[:4]] + [documents[:4]]:
-        _, stats = sp.speculative_generate_ids(target, draft, tokenizer, rows, gamma=8)
-        for r in stats.rounds:  # before its last guess, some row still decoding had not guessed </s>
-            decoding = [g for g, kept in zip(r.guesses, r.kept) if kept]
-            assert all(any(eos not in g[:j + 1] for g in decoding) for j in range(len(decoding[0]) - 1))
-            stopped += len(r.guesses[0]) < 8
-    assert stopped  # and the draft did stop short of γ
+    eos, gamma = target.config.eos_token_id, 8
+    guessed_past_an_end = 0
+    for rows in [[d] for d in documents[:3]] + [documents[:4]]:
+        tokens, stats = sp.speculative_generate_ids(target, draft, tokenizer, rows, gamma=gamma)
+        ended = [False] * len(rows)
+        for r in stats.rounds:
+            assert all(len(g) == gamma for g in r.guesses)  # far from the length limit: γ every round
+            width = max(len(k) for k in r.kept)
+            assert width >= 1, "a round kept nothing"
+            for i, (guesses, k) in enumerate(zip(r.guesses, r.kept)):
+                if ended[i]:
+                    assert k == []  # a row that has ended keeps nothing more
+                    continue
+                assert k[:-1] == guesses[:len(k) - 1] and eos not in k[:-1]  # standing guesses, then one token
+                assert len(k) == width or k[-1] == eos  # the shared run, or the row ends inside it
+                ended[i] = k[-1] == eos
+                guessed_past_an_end += eos in guesses[:-1]
+        assert all(ended)
+        for i, row in enumerate(tokens.tolist()):  # the output is what the rounds kept, up to its </s>
+            assert row[:row.index(eos) + 1] == [t for r in stats.rounds for t in r.kept[i]]
+        assert torch.equal(tokens, sp.autoregressive(target, document_memory(target, tokenizer, rows),
+                                                     pad=tokenizer.pad_token_id))
+    assert guessed_past_an_end  # the draft went on guessing after its </s>, and none of it was kept
 
 
 @pytest.mark.parametrize("gamma", [1, 5])
-def test_greedy_equals_hugging_face_assisted_generation(shipped, gamma):
-    target, draft, tokenizer, documents = shipped
-    pair = Pair(target, draft, tokenizer, documents[:3], [])
-    for document in pair.documents:
-        hf = hugging_face_assisted(pair, [document], gamma, sp.Sampling())
-        ours, _ = sp.speculative_generate_ids(target, draft, tokenizer, [document], gamma)
+def test_greedy_equals_hugging_face_assisted_generation(bed, gamma):
+    target, draft, tokenizer = bed["target"], bed["draft"], bed.tokenizer
+    assisted = measure.hf_assisted_way(gamma=gamma)
+    for document in bed.documents[:3]:
+        hf = assisted.whole(bed, [document])
+        ours, _ = sp.speculative_generate_ids(target, draft, tokenizer, [document], gamma=gamma)
         assert torch.equal(ours, hf[:, 1:])
     assert draft.generation_config.num_assistant_tokens is None  # its settings are restored
 
@@ -242,7 +282,8 @@ def test_sampling_one_row_at_a_time_gives_the_target_distribution(small_pair):
     sampling = sp.Sampling(temperature=1.5)
     exact = dist.sequence_distribution(target, mt, sampling, 2)
     generator = torch.Generator().manual_seed(0)
-    runs = [sp.speculative_decode(target, draft, mt, md, 3, sampling, 2, 0, generator)[0] for _ in range(20_000)]
+    runs = [sp.speculative_decode(target, draft, mt, md, gamma=3, sampling=sampling, max_new_tokens=2, pad=0,
+                                  generator=generator)[0] for _ in range(20_000)]
     runs = torch.cat([torch.nn.functional.pad(r, (0, 2 - r.shape[1])) for r in runs])
     observed = torch.bincount(dist.sequence_index(runs, 6, 2, 0), minlength=36)
     assert dist.chi_square(observed, exact)[2] > 0.01
@@ -257,8 +298,8 @@ def test_sampling_one_row_at_a_time_gives_the_target_distribution(small_pair):
 
 def test_sampling_repeats_with_its_seed(shipped):
     target, draft, tokenizer, documents = shipped
-    runs = [sp.speculative_generate_ids(target, draft, tokenizer, documents[:2], 4, sp.Sampling(1.0), seed=7)[0]
-            for _ in range(2)]
+    runs = [sp.speculative_generate_ids(target, draft, tokenizer, documents[:2], gamma=4, sampling=sp.Sampling(1.0),
+                                        seed=7)[0] for _ in range(2)]
     assert torch.equal(*runs)
 
 
@@ -291,17 +332,63 @@ def test_bad_input_is_a_value_error_naming_the_parameter(shipped, random_pair):
 
 
 def test_the_speculative_experiment_reports_every_figure(capsys):
+    """Small arguments, every figure re-derived: each speed-up is the ratio of the reported times, the
+    predictions the formulas at the reported α and c, α and the tokens per round those of the same
+    runs, the JGA :func:`pidutils.measure.jga`'s for the same ways, and at T = 0 speculative decoding
+    answers what the target alone answers."""
     from pidutils.experiments import speculative_speedups
-    result = speculative_speedups(torch.device("cpu"), dialogues=2, repeats=1, gammas=(2,), temperatures=(0.0,),
+    n = 2
+    result = speculative_speedups(torch.device("cpu"), dialogues=n, repeats=1, gammas=(2,), temperatures=(0.0,),
                                   ngram_dialogues=20)
-    assert set(result["drafts"]) == {"seq-t5-tiny", "seq-t5-mini"} and result["verify_cost"][2] > 0
-    for draft in result["drafts"].values():
-        row, c = draft["by_temperature"][0.0]["by_gamma"][2], draft["costs"]["c"]
-        assert 0 < c < 1
+    assert set(result["drafts"]) == set(drafts.DRAFTS) and result["verify_cost"][2] > 0
+    bed = drafts.load_speculative(device="cpu", dialogues=n)
+    for name, draft in result["drafts"].items():
+        other = drafts.with_draft(bed, name)
+        costs = draft["costs"]
+        assert costs["c"] == pytest.approx(costs["draft_step_s"] / costs["target_step_s"], rel=1e-12)
+        assert 0 < costs["c"] < 1 and costs["target_encoder_s"] > 0 and costs["draft_encoder_s"] > 0
+        alone = {role: measure.sequential_way(role) for role in ("target", "draft")}
+        assert draft["jga"] == pytest.approx(measure.jga(other, alone))
+        assert all(0 <= v <= 1 for v in draft["jga"].values())
+        rows = draft["by_temperature"][0.0]["by_gamma"]
+        assert [r["gamma"] for r in rows] == [2]
+        row, c = rows[0], costs["c"]
+        assert (row["alpha"], row["tokens_per_round"]) == pytest.approx(drafts.alpha(other, gamma=2))  # greedy: exact
         assert 0 <= row["alpha"] <= 1 and 1 <= row["tokens_per_round"] <= 3
         assert row["predicted"] == pytest.approx(cost.speculative_speedup(row["alpha"], 2, c))
         assert row["refined"] == pytest.approx(row["tokens_per_round"] / (2 * c + result["verify_cost"][2]))
+        assert row["end_to_end"] == pytest.approx(row["target_s"] / row["speculative_s"], rel=1e-12)
+        assert row["decoding_phase"] == pytest.approx(row["target_decoding_s"] / row["speculative_decoding_s"],
+                                                      rel=1e-12)
+        assert row["vs_hf_assisted"] == pytest.approx(row["hf_assisted_s"] / row["speculative_s"], rel=1e-12)
+        assert row["hf_assisted_vs_target"] == pytest.approx(row["target_s"] / row["hf_assisted_s"], rel=1e-12)
+        assert row["ms_per_dialogue"] == pytest.approx(row["speculative_s"] / n * 1e3)
+        encoders = row["speculative_s"] - row["speculative_decoding_s"]
+        assert row["predicted_end_to_end"] == pytest.approx(
+            row["target_s"] / (encoders + row["target_decoding_s"] / row["predicted"]))
+        assert row["of_predicted"] == pytest.approx(row["end_to_end"] / row["predicted_end_to_end"])
+        assert row["decoding_of_predicted"] == pytest.approx(row["decoding_phase"] / row["predicted"])
         assert row["decoding_of_refined"] == pytest.approx(row["decoding_phase"] / row["refined"])
         assert all(row[k] > 0 for k in ("end_to_end", "decoding_phase", "vs_hf_assisted", "predicted_end_to_end"))
-    assert set(result["alpha_table"][0.0]) == {"unigram", "bigram", "seq-t5-tiny", "seq-t5-mini"}
+        summary = draft["by_temperature"][0.0]
+        assert summary["best_gamma"] == max(rows, key=lambda r: r["end_to_end"])["gamma"]
+        assert summary["target_ms_per_dialogue"] == pytest.approx(row["target_s"] / n * 1e3)
+        # greedy speculative decoding answers exactly what the target alone answers (the experiment checks it too)
+        assert measure.answers(other, measure.speculative_way(gamma=2)) == measure.answers(other, alone["target"])
+    table = result["alpha_table"][0.0]
+    assert set(table) == {"unigram", "bigram", *drafts.DRAFTS} and all(0 <= a <= 1 for a in table.values())
+    assert table == pytest.approx(drafts.alpha_table(bed, ngram_dialogues=20, drafts=drafts.DRAFTS[1:]))
+    assert table["unigram"] < table["bigram"] < table["seq-t5-tiny"]  # the trained draft agrees most
     assert capsys.readouterr().out.count("best γ = 2") == 2
+
+
+def test_the_speculative_experiment_refuses_greedy_answers_that_differ(bed):
+    """At T = 0 a way whose answers are not the target's own stops the experiment."""
+    from pidutils.experiments import check_same_answers
+    two = bed.select(0, 2)
+    ways = measure.speculative_ways([2], hugging_face=False)
+    check_same_answers(two, ways)  # the real ways agree
+    short = measure.Way(("target",), lambda bed, memory: sp.autoregressive(bed["target"], memory, pad=bed.pad,
+                                                                         max_new_tokens=5), measure.token_states)
+    with pytest.raises(AssertionError, match="cut short and the target alone disagree"):
+        check_same_answers(two, ways | {"cut short": short})

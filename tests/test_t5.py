@@ -101,3 +101,39 @@ def test_cache_limits_are_value_errors(setup):
         t5.KVCache.empty(model, rows=1, capacity=0)
     with pytest.raises(ValueError, match="model must be a T5 encoder-decoder"):
         t5.check_t5(torch.nn.Linear(2, 2))
+
+
+def test_pad_after_eos_pads_after_each_rows_end_and_marks_it_done():
+    """The engine's end-of-sequence rule for a block of tokens (what chapter 5's rounds keep)."""
+    eos, pad = 1, 0
+    tokens = torch.tensor([[5, 1, 7, 1], [1, 4, 4, 4], [3, 3, 3, 3], [6, 6, 6, 6]])
+    done = torch.tensor([False, False, True, False])
+    out = t5.pad_after_eos(tokens, done, eos=eos, pad=pad)
+    assert out.tolist() == [[5, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [6, 6, 6, 6]]
+    assert done.tolist() == [True, True, True, False]  # rows that end here are marked; the last goes on
+    assert tokens.tolist()[0] == [5, 1, 7, 1]  # the input is not changed
+
+
+def test_trim_drops_the_columns_that_are_padding_in_every_row():
+    assert t5.trim(torch.tensor([[5, 1, 0, 0], [2, 3, 1, 0]]), 0).tolist() == [[5, 1, 0], [2, 3, 1]]
+    assert t5.trim(torch.tensor([[0, 0], [0, 0]]), 0).shape == (2, 0)
+    assert t5.trim(torch.tensor([[0, 4]]), 0).tolist() == [[0, 4]]  # only trailing columns go
+
+
+def test_greedy_stops_each_row_at_its_end_and_takes_any_pick(setup):
+    model, _, _, memory, _ = setup
+    start = t5.start_tokens(model, 2)
+    valid = torch.ones_like(start, dtype=torch.bool)
+    eos, pad = model.config.eos_token_id, 0
+    # a pick that ends row 0 at once and never ends row 1
+    def pick(logits):
+        return torch.tensor([eos, 7]), None
+    tokens, logits = t5.greedy(model, memory, start, valid, max_new_tokens=4, pad=pad, pick=pick)
+    assert tokens.tolist() == [[eos, pad, pad, pad], [7, 7, 7, 7]] and logits.shape[:2] == (2, 4)
+    greedy, _ = t5.greedy(model, memory, start, valid, max_new_tokens=5, pad=pad)
+    assert torch.equal(greedy, t5.greedy(model, memory, start, valid, max_new_tokens=5, pad=pad,
+                                         pick=t5.argmax_pick)[0])
+    with pytest.raises(ValueError, match="max_new_tokens must be in"):
+        t5.greedy(model, memory, start, valid, max_new_tokens=0, pad=pad)
+    with pytest.raises(TypeError):  # the knobs are keyword-only
+        t5.greedy(model, memory, start, valid, 4, pad)

@@ -102,7 +102,7 @@ def test_evaluate_scores_a_predictor_on_a_split(corpus):
 
 def test_length_buckets_group_similar_lengths_and_warm_up_from_the_shortest():
     import random
-    from pidutils.pie import length_buckets
+    from pidutils.batching import length_buckets, word_buckets
     lengths = list(range(1000, 0, -1))  # item i has length 1000 - i
     draw = length_buckets(lengths, batch_size=4, curriculum=100)
     rng = random.Random(0)
@@ -113,7 +113,13 @@ def test_length_buckets_group_similar_lengths_and_warm_up_from_the_shortest():
     later = [draw(rng) for _ in range(400)][100:]
     assert max(lengths[i] for b in later for i in b) > 900  # after the warm-up, every length
     with pytest.raises(ValueError, match="curriculum must be in"):
-        length_buckets(lengths, 4, curriculum=-1)
+        length_buckets(lengths, batch_size=4, curriculum=-1)
+    with pytest.raises(TypeError):  # the knobs are keyword-only
+        length_buckets(lengths, 4)
+    # word_buckets is length_buckets over the texts' lengths in words: the same draws from the same seed
+    texts = ["w " * n for n in lengths]
+    assert [word_buckets(texts, batch_size=4, curriculum=100)(random.Random(1)) for _ in range(3)] == \
+        [length_buckets(lengths, batch_size=4, curriculum=100)(random.Random(1)) for _ in range(3)]
 
 
 def test_pie_batches_ask_a_set_slot_every_fourth_pair_and_uniform_slots_otherwise(tokenizer, corpus):

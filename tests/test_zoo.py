@@ -1,10 +1,47 @@
-"""The shipped checkpoints: plain Hugging Face format, small, and what the chapters rely on."""
+"""The shipped checkpoints: plain Hugging Face format, small, and what the chapters rely on.
+
+The training reports' figures are re-derived here from code on the shipped checkpoints, not read
+back: the test JGA and slot accuracy by the recipe's own predictor on the test split (every test
+dialogue for the sequential and pipelined models, whose figures must then be the reports' exactly;
+the first few for the others, whose errors can be no more than the whole split's), the training FLOPs by
+replaying a recipe's batches, the shape and parameter count from the recipe, and chapter 5's c and
+α by measuring them again.
+
+Not re-derived, because that would take minutes or cannot be repeated: the training FLOPs of the
+recipes of thousands of steps (only ``seq-t5-mini``'s 60 steps are replayed), the wall seconds and
+validation curves of training, and the machine a cost ratio was recorded on (the record's
+"2 threads") with the milliseconds it measured there; c is measured again on this machine instead.
+"""
+import random
+
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from pidutils import pid, zoo
+from pidutils import drafts, measure, metrics, pid, t5, zoo
+from pidutils.bench import compare
+from pidutils.cost import training_flops
+from pidutils.data import make_split
+from pidutils.models import count_parameters, weights_per_decode_step
+from pidutils.sequential import sequential_decode
 from pidutils.tokenizer import check_vocab
+from pidutils.zoo.training import decoder_tokens, predictor, training_batches
+
+TEST_DIALOGUES = 200  # the reports' test split
+# Test dialogues re-evaluated per checkpoint: all of them where that takes seconds, else a few.
+EVALUATED = {"seq-t5-tiny": 200, "pipe-t5-tiny": 200, "pid-t5-tiny": 40, "pie-t5-tiny": 4, "seq-t5-deep": 16}
+SHAPE = ("d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_layers")
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    """Each checkpoint's JGA and slot accuracy by its recipe's predictor, on its first test dialogues."""
+    scores = {}
+    for name, n in EVALUATED.items():
+        model, tokenizer = zoo.load(name)
+        split = zoo.test_split(name).select(range(n))
+        scores[name] = metrics.evaluate(predictor(zoo.RECIPES[name].method, model, tokenizer), split)
+    return scores
 
 
 @pytest.mark.parametrize("name", sorted(zoo.RECIPES))
@@ -15,6 +52,11 @@ def test_checkpoint_loads_with_plain_from_pretrained(name):
     report = zoo.train_report(name)
     assert report["recipe"] == zoo.recipe_dict(name)
     assert {"steps", "wall_seconds", "train_flops", "machine", "validation", "test"} <= set(report)
+    # the checkpoint is the recipe's shape, with as many weights as a fresh model of that shape
+    recipe = zoo.RECIPES[name]
+    assert {k: getattr(model.config, k) for k in SHAPE} == {k: getattr(recipe, k) for k in SHAPE}
+    assert count_parameters(model) == count_parameters(zoo.new_model(recipe, model.config.vocab_size))
+    assert report["steps"] == recipe.steps
 
 
 def test_all_checkpoints_together_stay_under_60_mb():
@@ -34,36 +76,79 @@ def test_shipped_pid_model_matches_the_copy_reference():
 
 
 @pytest.mark.parametrize("name", sorted(set(zoo.RECIPES) - set(zoo.WEAK_DRAFTS)))
-def test_shipped_models_meet_the_jga_target_on_the_test_split(name):
-    """The reports' figures; chapter 3 re-evaluates PID on the whole test split and asserts the same."""
-    assert zoo.train_report(name)["test"]["jga"] >= 0.90
+def test_shipped_models_meet_the_jga_target_on_the_test_split(name, evaluated):
+    """Re-evaluated with the recipe's predictor: on every test dialogue the report's figures exactly;
+    on a sample, no more wrong dialogues or slots than the report counts on the whole split. Chapter 3
+    re-evaluates PID on the whole test split too and asserts the same."""
+    score, report = evaluated[name], zoo.train_report(name)["test"]
+    n = EVALUATED[name]
+    assert score["jga"] >= 0.90
+    if n == TEST_DIALOGUES:
+        assert score == pytest.approx(report, abs=1e-12)
+    else:
+        assert round((1 - score["jga"]) * n) <= round((1 - report["jga"]) * TEST_DIALOGUES)
+        slots = len(zoo.test_split(name)[0]["slots"])
+        assert round((1 - score["slot_accuracy"]) * n * slots) <= round((1 - report["slot_accuracy"]) * TEST_DIALOGUES
+                                                                        * slots)
 
 
-def test_the_pipelined_model_is_within_two_points_of_the_sequential_one():
-    assert zoo.train_report("pipe-t5-tiny")["test"]["jga"] >= zoo.train_report("seq-t5-tiny")["test"]["jga"] - 0.02
+def test_the_pipelined_model_is_within_two_points_of_the_sequential_one(evaluated):
+    assert EVALUATED["pipe-t5-tiny"] == EVALUATED["seq-t5-tiny"] == TEST_DIALOGUES
+    assert evaluated["pipe-t5-tiny"]["jga"] >= evaluated["seq-t5-tiny"]["jga"] - 0.02
 
 
-@pytest.mark.parametrize("draft", ["seq-t5-tiny", "seq-t5-mini"])
+def test_the_training_flops_are_the_recipes_batches_counted():
+    """``seq-t5-mini``'s 60 training steps replayed: the same batches from the same seed, each counted
+    by :func:`pidutils.cost.training_flops` at the model's own parameter counts."""
+    name = "seq-t5-mini"
+    recipe = zoo.RECIPES[name]
+    model, tokenizer = zoo.load(name)
+    split = make_split("train", train=recipe.train_dialogues, seed=recipe.seed)
+    next_batch, _ = training_batches(recipe, split, tokenizer, model)
+    encoder = count_parameters(model.get_encoder().block)
+    decoder = count_parameters(model.get_decoder().block) + model.lm_head.weight.numel()
+    rng, flops = random.Random(recipe.seed), 0.0
+    for _ in range(recipe.steps):
+        batch = next_batch(rng)
+        flops += training_flops(encoder, decoder, int(batch["attention_mask"].sum()), decoder_tokens(batch))
+    assert flops == pytest.approx(zoo.train_report(name)["train_flops"], rel=1e-12)
+
+
+@pytest.mark.parametrize("draft", drafts.DRAFTS)
 def test_the_speculative_target_costs_at_least_four_draft_steps(draft):
-    """The figures ``python -m pidutils.zoo cost`` measured on the 2-core CPU and recorded in the report."""
-    record = zoo.train_report("seq-t5-deep")["cost_ratios"][draft]
-    assert record["draft"] == draft and record["c"] <= 0.25
+    """c, a draft step over a target step, measured again on this machine (the two models interleaved,
+    the fastest of five runs each, since a busy machine only ever adds time), and bounded by the
+    weights each step reads (the roofline's reason for it); and the draft's greedy α on a few test
+    dialogues, against the record ``python -m pidutils.zoo cost`` wrote."""
+    record = zoo.train_report(drafts.TARGET)["cost_ratios"][draft]
+    assert record["draft"] == draft and record["alpha_dialogues"] == drafts.ALPHA_DIALOGUES
+    bed = drafts.load_speculative(dialogues=4, draft=draft)
+    target, model = bed["target"], bed["draft"]
+    assert weights_per_decode_step(model) <= 0.25 * weights_per_decode_step(target)
+    memory = dict(zip(("target", "draft"), measure.memories(bed, ("target", "draft"), bed.documents[:1])))
+    tokens = {role: sequential_decode(bed[role], memory[role], pad=bed.pad).shape[1] for role in memory}
+    times = compare({role: lambda role=role: sequential_decode(bed[role], memory[role], pad=bed.pad)
+                     for role in memory}, warmup=1, repeats=5)
+    step = {role: min(times[role].samples) / tokens[role] for role in memory}
+    assert step["draft"] / step["target"] <= 0.25
+    alpha = drafts.alpha_table(bed, ngram_dialogues=1)[draft]
     # the weak draft's greedy α is in the range the issue asks for; the trained draft agrees almost always
-    assert 0.55 <= record["alpha_greedy"] <= 0.85 if draft in zoo.WEAK_DRAFTS else record["alpha_greedy"] > 0.95
-    assert record["target_step_ms"] / record["draft_step_ms"] == pytest.approx(1 / record["c"])
-    assert "2 threads" in record["machine"]
+    assert 0.55 <= alpha <= 0.85 if draft in zoo.WEAK_DRAFTS else alpha > 0.95
+    assert alpha == pytest.approx(record["alpha_greedy"], abs=0.1)  # 4 of the record's 100 dialogues
 
 
 def test_shipped_pipelined_model_cached_equals_uncached():
     from pidutils import pipelined as pl
     model, tokenizer = zoo.load("pipe-t5-tiny")
     documents = list(zoo.test_split("pipe-t5-tiny")["dialogue"][:3])
-    memory = pl.document_memory(model, tokenizer, documents)
+    memory = t5.document_memory(model, tokenizer, documents)
     runs = {}
-    for name, step in (("cached", pl.cached_step(model, memory, 3, 1000)), ("uncached", pl.uncached_step(model, memory))):
+    for name, step in (("cached", pl.cached_step(model, memory, rows=3, capacity=1000)),
+                       ("uncached", pl.uncached_step(model, memory))):
         logits = []
         with torch.inference_mode():
-            runs[name] = pl.algorithm1(pl.recording(step, logits), 3, 1, 50, 20, 0, 1, tokenizer.pad_token_id), logits
+            runs[name] = pl.algorithm1(pl.recording(step, logits), b=3, delta_t=1, time_max=50, sub_max=20, bos=0,
+                                       eos=1, pad=tokenizer.pad_token_id), logits
     (cached, cached_logits), (uncached, uncached_logits) = runs["cached"], runs["uncached"]
     assert [s.subsequences for s in cached] == [s.subsequences for s in uncached]
     assert all(len(s.subsequences) >= 2 for s in cached)

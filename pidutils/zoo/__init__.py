@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGene
 from transformers.utils import logging as hf_logging
 
 from ..checks import check_choice, check_device
+from ..data import make_split
 
 CHECKPOINTS = pathlib.Path(__file__).parent / "checkpoints"
 HUB_MODELS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base"}
@@ -215,7 +216,6 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
 
 def test_split(name: str):
     """The test split the named checkpoint is evaluated on (its recipe's data seed and sizes)."""
-    from ..data import make_split
     recipe = RECIPES[check_choice("name", name, sorted(RECIPES))]
     return make_split("test", train=recipe.train_dialogues, seed=recipe.seed)
 
