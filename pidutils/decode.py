@@ -15,6 +15,7 @@ from transformers import EncoderDecoderCache, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from .checks import check_int
+from .t5 import start_tokens
 
 
 def _check_inputs(input_ids: torch.Tensor, new_tokens: int) -> None:
@@ -40,11 +41,6 @@ def returned_cache(out) -> EncoderDecoderCache:
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
-def _start_tokens(model: T5ForConditionalGeneration, batch: int) -> torch.Tensor:
-    start = model.config.decoder_start_token_id
-    return torch.full((batch, 1), start, dtype=torch.long, device=model.device)
-
-
 @torch.inference_mode()
 def prefill(model: T5ForConditionalGeneration, input_ids: torch.Tensor,
             attention_mask: torch.Tensor | None = None):
@@ -55,7 +51,7 @@ def prefill(model: T5ForConditionalGeneration, input_ids: torch.Tensor,
     encoder_outputs = BaseModelOutput(model.get_encoder()(input_ids=input_ids,
                                                           attention_mask=attention_mask).last_hidden_state)
     out = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
-                decoder_input_ids=_start_tokens(model, input_ids.shape[0]), use_cache=True)
+                decoder_input_ids=start_tokens(model, input_ids.shape[0]), use_cache=True)
     return out.logits[:, -1:].argmax(-1), returned_cache(out), encoder_outputs
 
 
@@ -90,7 +86,7 @@ def greedy_uncached(model: T5ForConditionalGeneration, input_ids: torch.Tensor, 
     _check_inputs(input_ids, new_tokens)
     encoder_outputs = BaseModelOutput(model.get_encoder()(input_ids=input_ids,
                                                           attention_mask=attention_mask).last_hidden_state)
-    prefix = _start_tokens(model, input_ids.shape[0])
+    prefix = start_tokens(model, input_ids.shape[0])
     for _ in range(new_tokens):
         logits = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
                        decoder_input_ids=prefix, use_cache=False).logits
