@@ -27,11 +27,11 @@ from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from . import zoo
-from .bench import compare
+from .bench import compare, speedup
 from .checks import check_choice, check_int
 from .cost import pipelined_steps
 from .data import full_state_view, parse_state
-from .pipelined import Schedule, pipelined_decode, schedule_states, state_targets
+from .pipelined import DELTA_TS, Schedule, pipelined_decode, schedule_states, state_targets
 from .sequential import MAX_NEW_TOKENS, sequential_decode, sequential_states
 from .speculative import Sampling, autoregressive, check_pair, speculative_decode
 from .t5 import CrossMemory, document_memory
@@ -353,3 +353,56 @@ def subsequence_speedups(bed: Testbed, *, repeats: int = 3) -> dict[int, float]:
         pair[0] += t["sequential"].median
         pair[1] += t["pipelined"].median
     return {k: seq / pipe for k, (seq, pipe) in totals.items()}
+
+
+# --- Chapter 4: throughput rows, for its tables and the ``pipelined`` experiment ---------------------------
+
+def row_key(name: str) -> str:
+    """A way's name as an ASCII key of a result row: ``"HF generate"`` -> ``"HF_generate"``."""
+    return name.replace(" ", "_").replace("=", "")
+
+
+def full_state_throughput(bed: Testbed, *, b: int = 1, delta_t: int = 1, hugging_face: bool = True,
+                          repeats: int = 3) -> list[dict]:
+    """Chapter 4's throughput rows: :func:`full_state_ways` timed interleaved on every dialogue of
+    ``bed``, ``b`` at a time, end to end and in the decoding phase alone, one row per phase.
+
+    A row holds ``b``, ``phase``, and for each way timed ``<way>_s`` (median seconds for all the
+    dialogues) and ``<way>_per_s`` (examples per second, the paper's throughput); ``speedup``,
+    pipelined over sequential (:func:`pidutils.bench.speedup`), and ``speedup_vs_hf`` where
+    ``HF generate`` is timed (end to end only: it has no decoding phase of its own). The
+    decoding-phase row adds what explains its speed-up: ``<way>_steps``, the time-steps decoding
+    runs (per batch, its longest document's, :func:`steps_taken`), ``steps_ratio``, sequential
+    over pipelined (the most the schedule allows), and ``step_cost``, the seconds of a pipelined
+    time-step over a sequential one's.
+    """
+    ways = full_state_ways(delta_t=delta_t, hugging_face=hugging_face)
+    n = len(bed.documents)
+    rows = []
+    for phase, decoding_only in (("end to end", False), ("decoding phase", True)):
+        t = compare(runs(bed, ways, b=b, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
+        row = {"b": b, "phase": phase, **{f"{row_key(name)}_s": timing.median for name, timing in t.items()},
+               **{f"{row_key(name)}_per_s": n / timing.median for name, timing in t.items()},
+               "speedup": speedup(t["sequential"], t["pipelined"])}
+        if "HF generate" in t:
+            row["speedup_vs_hf"] = speedup(t["HF generate"], t["pipelined"])
+        if decoding_only:
+            for name in ("sequential", "pipelined"):
+                taken = steps_taken(bed, ways[name])
+                row[f"{name}_steps"] = sum(max(taken[i:i + b]) for i in range(0, n, b))
+            row["steps_ratio"] = row["sequential_steps"] / row["pipelined_steps"]
+            row["step_cost"] = row["steps_ratio"] / row["speedup"]
+        rows.append(row)
+    return rows
+
+
+def delta_t_throughput(bed: Testbed, *, delta_ts: Sequence[int] = DELTA_TS, repeats: int = 3) -> list[dict]:
+    """Chapter 4's rows of the pipelined decoder at each Δt (the paper's Table 5), timed interleaved
+    end to end, one dialogue at a time: ``delta_t``, ``seconds`` (median, all the dialogues),
+    ``examples_per_s``, and ``steps``, the time-steps per dialogue."""
+    ways = {d: pipelined_way(delta_t=d) for d in delta_ts}
+    t = compare({d: runs(bed, {"pipelined": way})["pipelined"] for d, way in ways.items()}, bed.device, warmup=1,
+                repeats=repeats)
+    n = len(bed.documents)
+    return [{"delta_t": d, "seconds": t[d].median, "examples_per_s": n / t[d].median,
+             "steps": sum(steps_taken(bed, way)) / n} for d, way in ways.items()]
