@@ -186,11 +186,6 @@ def pid_speedups(device: torch.device, shape: str | None = None, Us: tuple[int, 
     return result
 
 
-def key(name: str) -> str:
-    """A way's name as an ASCII key of a result row: ``"HF generate"`` -> ``"HF_generate"``."""
-    return name.replace(" ", "_").replace("=", "")
-
-
 @experiment("pipelined")
 def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8, repeats: int = 3,
                        quality_dialogues: int = 200) -> dict:
@@ -212,16 +207,11 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
                                                            delta_t=1), "throughput": []}
     print(result["setup"])
     for b in (1, batch):
-        for phase, decoding_only in (("end to end", False), ("decoding phase", True)):
-            t = compare(measure.runs(bed, measure.full_state_ways(), b=b, decoding_only=decoding_only), device,
-                        warmup=1, repeats=repeats)
-            row = {"b": b, "phase": phase, **{f"{key(name)}_s": timing.median for name, timing in t.items()},
-                   **{f"{key(name)}_per_s": n / timing.median for name, timing in t.items()},
-                   "speedup": speedup(t["sequential"], t["pipelined"])}
-            if "HF generate" in t:
-                row["speedup_vs_hf"] = speedup(t["HF generate"], t["pipelined"])
+        for row in measure.full_state_throughput(bed, b=b, repeats=repeats):
             result["throughput"].append(row)
-            print(f"b={b} {phase:15s}: " + " | ".join(f"{name} {n / timing.median:6.1f} ex/s" for name, timing in t.items())
+            print(f"b={b} {row['phase']:15s}: " + " | ".join(f"{name} {row[measure.row_key(name) + '_per_s']:6.1f} ex/s"
+                                                          for name in measure.full_state_ways()
+                                                          if measure.row_key(name) + "_per_s" in row)
                   + f" | pipelined/sequential {row['speedup']:.2f}x"
                   + (f" | pipelined/HF generate {row['speedup_vs_hf']:.2f}x (a different baseline)"
                      if "speedup_vs_hf" in row else ""))
@@ -244,15 +234,9 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
     result["by_subsequences"] = measure.subsequence_speedups(bed, repeats=repeats)
     print("speed-up by number of subsequences (Figure 4): " + ", ".join(
         f"{k}: {v:.2f}x" for k, v in sorted(result["by_subsequences"].items())))
-    deltas = {d: measure.pipelined_way(delta_t=d) for d in DELTA_TS}
-    t = compare({d: measure.runs(bed, {"pipelined": way})["pipelined"] for d, way in deltas.items()}, device,
-                warmup=1, repeats=repeats)
-    result["delta_t"] = []
-    for d, way in deltas.items():
-        row = {"delta_t": d, "seconds": t[d].median, "examples_per_s": n / t[d].median,
-               "steps": sum(measure.steps_taken(bed, way)) / n}
-        result["delta_t"].append(row)
-        print(f"Δt={d}: {row['examples_per_s']:.1f} ex/s, {row['steps']:.1f} steps per dialogue")
+    result["delta_t"] = measure.delta_t_throughput(bed, repeats=repeats)
+    for row in result["delta_t"]:
+        print(f"Δt={row['delta_t']}: {row['examples_per_s']:.1f} ex/s, {row['steps']:.1f} steps per dialogue")
     return result
 
 

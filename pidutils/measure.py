@@ -129,8 +129,7 @@ def sequential_way(role: str = "sequential", *, sampling: Sampling = Sampling(),
 
 def pipelined_way(*, delta_t: int = 1) -> Way:
     """Algorithm 1 at ``delta_t`` on the ``pipelined`` model (chapter 4)."""
-    return Way(("pipelined",), lambda bed, memory: pipelined_decode(bed["pipelined"], memory, pad=bed.pad,
-                                                                    delta_t=delta_t),
+    return Way(("pipelined",), lambda bed, memory: pipelined_decode(bed["pipelined"], memory, delta_t=delta_t),
                lambda bed, schedules: schedule_states(bed.tokenizer, schedules))
 
 

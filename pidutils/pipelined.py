@@ -232,7 +232,7 @@ def check_schedule(*, delta_t: int, time_max: int, sub_max: int) -> None:
 
 
 def algorithm1(step: StepFn, *, b: int, delta_t: int, time_max: int = TIME_MAX, sub_max: int = SUB_MAX, bos: int,
-               eos: int, pad: int, device: torch.device | str | None = None) -> list[Schedule]:
+               eos: int, device: torch.device | str | None = None) -> list[Schedule]:
     """The paper's Algorithm 1 for ``b`` documents sharing one schedule, greedy.
 
     For t = 1..time_max: if (t − 1) mod Δt = 0, each document starts a new subsequence with <bos>,
@@ -415,7 +415,7 @@ def check_request(model, tokenizer, documents) -> None:
 
 
 @torch.inference_mode()
-def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, *, pad: int, delta_t: int = 1,
+def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, *, delta_t: int = 1,
                      time_max: int = TIME_MAX, sub_max: int = SUB_MAX, cached: bool = True) -> list[Schedule]:
     """The decoding phase alone: Algorithm 1 against documents already encoded into ``memory``.
 
@@ -425,7 +425,7 @@ def pipelined_decode(model: T5ForConditionalGeneration, memory: CrossMemory, *, 
     b = memory.keys[0].shape[0]
     step = cached_step(model, memory, rows=b, capacity=CACHE_START) if cached else uncached_step(model, memory)
     return algorithm1(step, b=b, delta_t=delta_t, time_max=time_max, sub_max=sub_max,
-                      bos=model.config.decoder_start_token_id, eos=model.config.eos_token_id, pad=pad)
+                      bos=model.config.decoder_start_token_id, eos=model.config.eos_token_id)
 
 
 @torch.inference_mode()
@@ -436,7 +436,7 @@ def pipelined_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrai
     check_request(model, tokenizer, documents)
     check_schedule(delta_t=delta_t, time_max=time_max, sub_max=sub_max)
     memory = document_memory(model, tokenizer, documents, truncation=truncation)
-    return pipelined_decode(model, memory, pad=tokenizer.pad_token_id, delta_t=delta_t, time_max=time_max,
+    return pipelined_decode(model, memory, delta_t=delta_t, time_max=time_max,
                             sub_max=sub_max, cached=cached)
 
 

@@ -151,7 +151,7 @@ def test_pipelined_steps_match_the_scheduled_decoder():
         script = [[10 + rng.randrange(5) for _ in range(rng.randrange(0, 6) or 1)] for _ in range(rng.randrange(1, 8))]
         for delta_t in (1, 2, 3, 4):
             step = pl.scripted_step([script], delta_t=delta_t, eos=1, vocab_size=20)
-            schedule = pl.algorithm1(step, b=1, delta_t=delta_t, time_max=200, sub_max=50, bos=0, eos=1, pad=0)[0]
+            schedule = pl.algorithm1(step, b=1, delta_t=delta_t, time_max=200, sub_max=50, bos=0, eos=1)[0]
             assert schedule.steps == cost.pipelined_steps([len(s) for s in script], delta_t)
 
 

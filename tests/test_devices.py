@@ -125,7 +125,7 @@ def decoders(model, draft, tokenizer):
                                                                 sub_max=3, cached=False),
         "algorithm1 cached_step": lambda: pl.algorithm1(
             pl.recording(pl.cached_step(model, memory, rows=2, capacity=4), []), b=2, delta_t=1, time_max=6,
-            sub_max=3, bos=0, eos=1, pad=0),
+            sub_max=3, bos=0, eos=1),
         "teacher_forced_logits": lambda: pl.teacher_forced_logits(
             model, memory, pl.training_layout(targets, [1, 2], bos=0, eos=1, pad=0, device=model.device)[0]),
         "sequential_generate": lambda: sequential.sequential_generate(model, tokenizer, DOCUMENTS, max_new_tokens=4),
@@ -182,14 +182,14 @@ def test_the_guard_catches_a_device_that_is_not_the_models():
         assert state.last.device == torch.device("cpu")
         # algorithm1 turns a device it is given into a torch.device before it makes anything
         scripted = pl.scripted_step([[[10]]], delta_t=1, eos=1, vocab_size=20)
-        schedule = pl.algorithm1(lambda new: scripted(new), b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1, pad=0,
+        schedule = pl.algorithm1(lambda new: scripted(new), b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1,
                                  device="cpu")[0]
         assert schedule.subsequences[0] == [10]
 
 
 def test_algorithm1_asks_for_a_device_when_its_step_carries_none():
     scripted = pl.scripted_step([[[10]]], delta_t=1, eos=1, vocab_size=20)
-    knobs = dict(b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1, pad=0)
+    knobs = dict(b=1, delta_t=1, time_max=5, sub_max=2, bos=0, eos=1)
     with pytest.raises(ValueError, match="device must be given"):
         pl.algorithm1(lambda new: scripted(new), **knobs)
     assert pl.algorithm1(lambda new: scripted(new), **knobs, device="cpu")[0].subsequences[0] == [10]

@@ -20,7 +20,7 @@ def close(a, b, tol=1e-5):
 def figure2(delta_t):
     """The paper's Figure 2, "A B C <sep> D E", driven by a scripted model."""
     step = pl.scripted_step([[[A, B, C], [D, E]]], delta_t=delta_t, eos=EOS, vocab_size=20)
-    return pl.algorithm1(step, b=1, delta_t=delta_t, time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD)[0]
+    return pl.algorithm1(step, b=1, delta_t=delta_t, time_max=50, sub_max=20, bos=BOS, eos=EOS)[0]
 
 
 def tokens_per_step(schedule, script):
@@ -108,7 +108,7 @@ def decode(model, tokenizer, documents, step_kind, delta_t=1, time_max=12, sub_m
         else pl.uncached_step(model, memory)
     with torch.inference_mode():
         schedules = pl.algorithm1(pl.recording(step, logits), b=len(documents), delta_t=delta_t, time_max=time_max,
-                                  sub_max=sub_max, bos=BOS, eos=EOS, pad=tokenizer.pad_token_id)
+                                  sub_max=sub_max, bos=BOS, eos=EOS)
     return schedules, logits
 
 
@@ -142,7 +142,7 @@ def test_forced_decoding_gives_the_teacher_forced_logits(setup, delta_t):
     real = pl.cached_step(model, memory, rows=2, capacity=100)
     with torch.inference_mode():
         pl.algorithm1(lambda new: (recorded.append((new, real(new))), forced(new))[1], b=2, delta_t=delta_t,
-                      time_max=50, sub_max=20, bos=BOS, eos=EOS, pad=PAD, device=model.device)
+                      time_max=50, sub_max=20, bos=BOS, eos=EOS, device=model.device)
         layout, _ = pl.training_layout(targets, [delta_t, delta_t], bos=BOS, eos=EOS, pad=PAD)
         teacher = pl.teacher_forced_logits(model, memory, layout)
     checked = 0

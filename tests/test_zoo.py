@@ -148,7 +148,7 @@ def test_shipped_pipelined_model_cached_equals_uncached():
         logits = []
         with torch.inference_mode():
             runs[name] = pl.algorithm1(pl.recording(step, logits), b=3, delta_t=1, time_max=50, sub_max=20, bos=0,
-                                       eos=1, pad=tokenizer.pad_token_id), logits
+                                       eos=1), logits
     (cached, cached_logits), (uncached, uncached_logits) = runs["cached"], runs["uncached"]
     assert [s.subsequences for s in cached] == [s.subsequences for s in uncached]
     assert all(len(s.subsequences) >= 2 for s in cached)
