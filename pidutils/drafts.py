@@ -7,7 +7,8 @@ times it with :func:`pidutils.measure.speculative_ways`. This module adds what i
 decoding's own to measure: α along the target's output for trained, unigram and bigram drafts
 (:func:`alpha_table`), the acceptance statistics of real runs (:func:`alpha`), c
 (:func:`cost_ratio`), what a verification pass costs (:func:`verify_cost`), and one dialogue's
-rounds as text (:func:`trace`).
+rounds as text (:func:`trace`); and chapter 5's rows for :func:`pidutils.tables.table_of`, its
+costs (:func:`cost_row`) and its speed-up at one γ (:func:`speedup_row`).
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from . import zoo
-from .bench import compare, describe
+from .bench import compare, describe, speedup
 from .checks import check_choice, check_int
+from .cost import speculative_speedup
 from .data import full_state_view, make_split, sequential_target
-from .measure import SPECULATIVE, Testbed, load_testbed, memories, step_costs
+from .measure import SPECULATIVE, Testbed, load_testbed, memories, runs, speculative_ways, step_costs
 from .speculative import Sampling, acceptance_rate, autoregressive, check_pair, speculative_generate_ids, warp
 from .t5 import KVCache, bias_table, causal_bias, decoder_forward, document_memory, trim
 
@@ -70,6 +72,45 @@ def cost_ratio(bed: Testbed, *, index: int = 0, repeats: int = 5) -> dict[str, f
     return {"target_step_s": costs["target"]["step_s"], "draft_step_s": costs["draft"]["step_s"],
             "target_encoder_s": costs["target"]["encoder_s"], "draft_encoder_s": costs["draft"]["encoder_s"],
             "c": costs["draft"]["step_s"] / costs["target"]["step_s"]}
+
+
+def cost_row(bed: Testbed, *, index: int = 0, repeats: int = 5) -> dict[str, float | str]:
+    """Chapter 5's cost table, one row per draft: :func:`cost_ratio` with the draft's name
+    (``draft``), c, and the steps' and encoders' times in milliseconds (``target_step_ms``,
+    ``draft_step_ms``, ``target_encoder_ms``, ``draft_encoder_ms``), for
+    :func:`pidutils.tables.table_of`."""
+    costs = cost_ratio(bed, index=index, repeats=repeats)
+    return {"draft": bed.names["draft"], "c": costs["c"]} | {
+        key.removesuffix("_s") + "_ms": seconds * 1e3 for key, seconds in costs.items() if key.endswith("_s")}
+
+
+def speedup_row(bed: Testbed, *, gamma: int, c: float, sampling: Sampling = Sampling(), decoding_only: bool = False,
+                hugging_face: bool = False, repeats: int = 2) -> dict[str, float | str]:
+    """Chapter 5's measurement at one γ, b = 1: the target alone against speculative decoding (and,
+    with ``hugging_face``, Hugging Face's assisted generation), timed interleaved on the testbed's
+    dialogues (:func:`pidutils.measure.runs`), end to end or the decoding phase alone; α and tokens
+    per round of the same runs (:func:`alpha`); and the paper's formula at that α and the given
+    ``c`` (:func:`pidutils.cost.speculative_speedup`).
+
+    Keys: ``draft``, ``temperature``, ``gamma``, ``alpha``, ``tokens_per_round``, ``target_s``,
+    ``speculative_s``, ``speedup`` (over the target alone), ``predicted`` (the formula's), and with
+    ``hugging_face`` ``hf_assisted_s`` and ``vs_hf_assisted`` (speculative decoding's speed-up over
+    it). The same arithmetic as a row of :func:`pidutils.experiments.speculative_draft`, for one γ
+    and one kind of timing: chapter 5's slider and its paper-vs-book table.
+    """
+    if decoding_only and hugging_face:
+        raise ValueError("hugging_face needs decoding_only=False: assisted generation has no separate decoding phase")
+    ways = speculative_ways([gamma], sampling=sampling, hugging_face=hugging_face)
+    timings = compare(runs(bed, ways, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
+    a, per_round = alpha(bed, gamma=gamma, sampling=sampling)
+    fast = timings[f"speculative gamma={gamma}"]
+    row = {"draft": bed.names["draft"], "temperature": sampling.temperature, "gamma": gamma, "alpha": a,
+           "tokens_per_round": per_round, "target_s": timings["target"].median, "speculative_s": fast.median,
+           "speedup": speedup(timings["target"], fast), "predicted": speculative_speedup(a, gamma, c)}
+    if hugging_face:
+        assisted = timings[f"HF assisted gamma={gamma}"]
+        row |= {"hf_assisted_s": assisted.median, "vs_hf_assisted": speedup(assisted, fast)}
+    return row
 
 
 def record_cost_ratio(*, device: torch.device | str = "cpu", repeats: int = 20, draft: str = DRAFT) -> dict:
