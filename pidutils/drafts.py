@@ -23,7 +23,7 @@ from .bench import compare, describe, speedup
 from .checks import check_choice, check_int
 from .cost import speculative_speedup
 from .data import full_state_view, make_split, sequential_target
-from .measure import SPECULATIVE, Testbed, load_testbed, memories, runs, speculative_ways, step_costs
+from .measure import SPECULATIVE, Testbed, batch_runs, load_testbed, memories, speculative_ways, step_costs
 from .speculative import Sampling, acceptance_rate, autoregressive, check_pair, speculative_generate_ids, warp
 from .t5 import KVCache, bias_table, causal_bias, decoder_forward, document_memory, trim
 
@@ -88,7 +88,7 @@ def speedup_row(bed: Testbed, *, gamma: int, c: float, sampling: Sampling = Samp
                 hugging_face: bool = False, repeats: int = 2) -> dict[str, float | str]:
     """Chapter 5's measurement at one γ, b = 1: the target alone against speculative decoding (and,
     with ``hugging_face``, Hugging Face's assisted generation), timed interleaved on the testbed's
-    dialogues (:func:`pidutils.measure.runs`), end to end or the decoding phase alone; α and tokens
+    dialogues (:func:`pidutils.measure.batch_runs`), end to end or the decoding phase alone; α and tokens
     per round of the same runs (:func:`alpha`); and the paper's formula at that α and the given
     ``c`` (:func:`pidutils.cost.speculative_speedup`).
 
@@ -101,7 +101,7 @@ def speedup_row(bed: Testbed, *, gamma: int, c: float, sampling: Sampling = Samp
     if decoding_only and hugging_face:
         raise ValueError("hugging_face needs decoding_only=False: assisted generation has no separate decoding phase")
     ways = speculative_ways([gamma], sampling=sampling, hugging_face=hugging_face)
-    timings = compare(runs(bed, ways, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
+    timings = compare(batch_runs(bed, ways, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
     a, per_round = alpha(bed, gamma=gamma, sampling=sampling)
     fast = timings[f"speculative gamma={gamma}"]
     row = {"draft": bed.names["draft"], "temperature": sampling.temperature, "gamma": gamma, "alpha": a,

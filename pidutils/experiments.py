@@ -319,8 +319,8 @@ def speculative_draft(bed: measure.Testbed, device: torch.device, verify: dict[i
         ways = measure.speculative_ways(gammas, sampling=sampling)
         if temperature == 0:
             check_same_answers(bed, ways)
-        whole = compare(measure.runs(bed, ways), device, warmup=1, repeats=repeats)
-        phase = compare(measure.runs(bed, ways, decoding_only=True), device, warmup=1, repeats=repeats)
+        whole = compare(measure.batch_runs(bed, ways), device, warmup=1, repeats=repeats)
+        phase = compare(measure.batch_runs(bed, ways, decoding_only=True), device, warmup=1, repeats=repeats)
         rows = []
         for g in gammas:
             a, per_round = drafts.alpha(bed, gamma=g, sampling=sampling)

@@ -232,8 +232,10 @@ def memories(bed: Testbed, roles: Sequence[str], documents: list[str]) -> list[C
     return [document_memory(bed[role], bed.tokenizer, documents) for role in roles]
 
 
-def runs(bed: Testbed, ways: dict[str, Way], *, b: int = 1, decoding_only: bool = False) -> dict[str, Callable[[], list]]:
-    """No-argument functions that answer every dialogue, ``b`` at a time, each way.
+def batch_runs(bed: Testbed, ways: dict[str, Way], *, b: int = 1,
+               decoding_only: bool = False) -> dict[str, list[Callable[[], object]]]:
+    """For each way, one no-argument call per batch of ``b`` dialogues, answering it: the parts
+    :func:`pidutils.bench.compare` interleaves batch by batch.
 
     End to end, each batch is encoded by the models a way reads, then decoded. With
     ``decoding_only=True`` the encodings are made beforehand, and only the ways with a decoding
@@ -242,12 +244,19 @@ def runs(bed: Testbed, ways: dict[str, Way], *, b: int = 1, decoding_only: bool 
     groups = batches(bed.documents, b)
     if decoding_only:
         encoded = {role: [memories(bed, [role], g)[0] for g in groups] for way in ways.values() for role in way.roles}
-        return {name: (lambda way=way: [way.decode(bed, *(encoded[r][i] for r in way.roles))
-                                        for i in range(len(groups))])
+        return {name: [lambda way=way, i=i: way.decode(bed, *(encoded[r][i] for r in way.roles))
+                       for i in range(len(groups))]
                 for name, way in ways.items() if way.whole is None}
-    return {name: (lambda way=way: [way.whole(bed, g) if way.whole else way.decode(bed, *memories(bed, way.roles, g))
-                                    for g in groups])
+    return {name: [lambda way=way, g=g: way.whole(bed, g) if way.whole else way.decode(bed, *memories(bed, way.roles, g))
+                   for g in groups]
             for name, way in ways.items()}
+
+
+def runs(bed: Testbed, ways: dict[str, Way], *, b: int = 1, decoding_only: bool = False) -> dict[str, Callable[[], list]]:
+    """No-argument functions that answer every dialogue, ``b`` at a time, each way: the calls of
+    :func:`batch_runs` one after another, with their outputs."""
+    return {name: (lambda calls=calls: [call() for call in calls])
+            for name, calls in batch_runs(bed, ways, b=b, decoding_only=decoding_only).items()}
 
 
 def answers(bed: Testbed, way: Way, *, b: int = 1) -> list[list[str]]:
@@ -347,7 +356,7 @@ def subsequence_speedups(bed: Testbed, *, repeats: int = 3) -> dict[int, float]:
     totals: dict[int, list[float]] = {}
     ways = full_state_ways(hugging_face=False)
     for index in range(len(bed.documents)):
-        t = compare(runs(bed.select(index, index + 1), ways), bed.device, warmup=1, repeats=repeats)
+        t = compare(batch_runs(bed.select(index, index + 1), ways), bed.device, warmup=1, repeats=repeats)
         pair = totals.setdefault(len(bed.subsequences[index]), [0.0, 0.0])
         pair[0] += t["sequential"].median
         pair[1] += t["pipelined"].median
@@ -379,7 +388,7 @@ def full_state_throughput(bed: Testbed, *, b: int = 1, delta_t: int = 1, hugging
     n = len(bed.documents)
     rows = []
     for phase, decoding_only in (("end to end", False), ("decoding phase", True)):
-        t = compare(runs(bed, ways, b=b, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
+        t = compare(batch_runs(bed, ways, b=b, decoding_only=decoding_only), bed.device, warmup=1, repeats=repeats)
         row = {"b": b, "phase": phase, **{f"{row_key(name)}_s": timing.median for name, timing in t.items()},
                **{f"{row_key(name)}_per_s": n / timing.median for name, timing in t.items()},
                "speedup": speedup(t["sequential"], t["pipelined"])}
@@ -400,7 +409,7 @@ def delta_t_throughput(bed: Testbed, *, delta_ts: Sequence[int] = DELTA_TS, repe
     end to end, one dialogue at a time: ``delta_t``, ``seconds`` (median, all the dialogues),
     ``examples_per_s``, and ``steps``, the time-steps per dialogue."""
     ways = {d: pipelined_way(delta_t=d) for d in delta_ts}
-    t = compare({d: runs(bed, {"pipelined": way})["pipelined"] for d, way in ways.items()}, bed.device, warmup=1,
+    t = compare({d: batch_runs(bed, {"pipelined": way})["pipelined"] for d, way in ways.items()}, bed.device, warmup=1,
                 repeats=repeats)
     n = len(bed.documents)
     return [{"delta_t": d, "seconds": t[d].median, "examples_per_s": n / t[d].median,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from dataclasses import dataclass, field
 
 import torch
@@ -87,8 +88,7 @@ def step_bias(table: torch.Tensor, sub_q: torch.Tensor, pos_q: torch.Tensor, sub
     has i' = ``PAD_SUB``, after every real query's i, so it needs no mask of its own. Fewer
     operations at every step, the same bias (``tests/test_pipelined.py``).
     """
-    behind = sub_q[:, :, None] - sub_k[:, None, :]
-    return position_bias(table, pos_q[:, :, None] - pos_k[:, None, :], behind >= 0)
+    return position_bias(table, pos_q[:, :, None] - pos_k[:, None, :], sub_k[:, None, :] <= sub_q[:, :, None])
 
 
 # --- Training: the teacher-forced layout and its loss ---------------------------------------------
@@ -246,96 +246,135 @@ def algorithm1(step: StepFn, *, b: int, delta_t: int, time_max: int = TIME_MAX, 
     step is idle, and costs no model call) instead of stopping, which would drop the rest of its
     output whenever Δt exceeds a subsequence's length. The schedules' state stays in tensors on
     ``device`` (:class:`Progress`; None takes the device the step carries, :func:`on_device`), and
-    a step reads back one pair of numbers: whether all are done, and how many tokens it has.
+    a step reads back one short row: whether any document is open, and which slots grow in any.
     """
     check_int("b", b, 1)
     check_schedule(delta_t=delta_t, time_max=time_max, sub_max=sub_max)
-    state = Progress(b, sub_max=sub_max, time_max=time_max, bos=bos, eos=eos,
+    state = Progress(b, sub_max=sub_max, bos=bos, eos=eos,
                      device=step_device(step) if device is None else torch.device(device))
     for t in range(1, time_max + 1):
-        if (t - 1) % delta_t == 0 and state.width < sub_max:
+        if (t - 1) % delta_t == 0 and state.started < sub_max:
             state.start_subsequences()
         all_done, any_growing = state.poll()
         if all_done:
             break
         if any_growing:  # else an idle step: every document waits for its next subsequence
             new = state.step_inputs(time=t - 1)
-            state.take(step(new).argmax(-1), new.valid)
+            state.take(step(new).argmax(-1))
     return state.schedules()
 
 
 class Progress:
     """Algorithm 1's state for ``b`` documents, in tensors on one device (chapter 4).
 
-    Subsequence i of every document sits in slot i: the slots still growing, each one's last token
-    (<bos> until it has one), its tokens so far and their count, and which documents are closed.
-    Documents start their subsequences together, so the number of slots started (``width``) is
-    counted on the host. A step's tokens are the slots from the first one still growing in any
-    document to the last started, those not growing marked invalid; every update is a few
-    whole-tensor operations that make new tensors, so a step may keep its inputs. Each step's
-    growing slots are kept, and read back once, at the end (:meth:`schedules`).
+    Documents start their subsequences together, so subsequence i of every document is slot i, and
+    the host keeps the list of slots a step feeds (``window``): every slot started and still growing
+    in some document, in order. The device holds, for those slots, which ones grow in each document
+    and each one's last token (<bos> until it has one), and which documents are still open (a
+    closed one starts no more subsequences). A step's tokens are the window's, a slot not growing in
+    a document marked invalid there. Every update makes new tensors, so a step may keep its inputs;
+    each step's window, growth, tokens and open documents are recorded as they are, and read back
+    once, at the end (:meth:`schedules`).
     """
 
-    def __init__(self, b: int, *, sub_max: int, time_max: int, bos: int, eos: int, device: torch.device) -> None:
-        self.sub_max, self.eos, self.width, self.first = sub_max, eos, 0, 0
-        self.closed = torch.zeros(b, dtype=torch.bool, device=device)
-        self.growing = torch.zeros((b, sub_max), dtype=torch.bool, device=device)
-        self.last = torch.full((b, sub_max), bos, dtype=torch.long, device=device)
-        self.length = torch.zeros((b, sub_max), dtype=torch.long, device=device)
-        self.tokens = torch.zeros((b, sub_max, time_max + 1), dtype=torch.long, device=device)
-        self.slot = torch.arange(sub_max, device=device)
-        self.made: list[torch.Tensor] = []  # per step: (b, 1 + sub_max), done, then the slots that grow
+    def __init__(self, b: int, *, sub_max: int, bos: int, eos: int, device: torch.device) -> None:
+        self.sub_max, self.eos, self.started, self.fresh = sub_max, eos, 0, False
+        self.window: list[int] = []
+        self.open = torch.ones((b, 1), dtype=torch.bool, device=device)
+        self.growing = torch.zeros((b, 0), dtype=torch.bool, device=device)
+        self.last = torch.zeros((b, 0), dtype=torch.long, device=device)
+        self.slot = torch.zeros(0, dtype=torch.long, device=device)  # the window's slot numbers
+        self.bos = torch.full((b, 1), bos, dtype=torch.long, device=device)
+        self.slots = torch.arange(sub_max, device=device)
+        self.record: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def start_subsequences(self) -> None:
-        """Every document not closed starts its next subsequence; all close once ``sub_max`` have started."""
-        self.growing[:, self.width] = ~self.closed
-        self.width += 1
-        if self.width == self.sub_max:
-            self.closed = torch.ones_like(self.closed)
+        """Every open document starts its next subsequence; all close once ``sub_max`` have started."""
+        self.growing = torch.cat([self.growing, self.open], 1)
+        self.last = torch.cat([self.last, self.bos], 1)
+        self.slot = torch.cat([self.slot, self.slots[self.started:self.started + 1]])
+        self.window, self.started, self.fresh = [*self.window, self.started], self.started + 1, True
+        if self.started == self.sub_max:
+            self.open = torch.zeros_like(self.open)
 
     def poll(self) -> tuple[bool, bool]:
-        """Whether every document is done, and whether any subsequence grows at this step; with
-        them, the first slot that grows in any document. The step's one host synchronisation."""
-        grows = self.growing.any(1)
-        done = self.closed > grows  # closed, and nothing grows
-        self.made.append(torch.cat([done[:, None], self.growing], 1))
-        all_done, any_growing, self.first = torch.stack([done.all(), grows.any(),
-                                                         self.growing.any(0).int().argmax()]).tolist()
-        return bool(all_done), bool(any_growing)
+        """Whether every document is done (closed, and nothing grows), and whether any subsequence grows
+        at this step. The window then keeps the slots growing in some document; an idle step is
+        recorded. The step's one host synchronisation."""
+        any_open, *grows = torch.cat([self.open, self.growing], 1).any(0).tolist()
+        if not all(grows):
+            keep = [k for k, grows_here in enumerate(grows) if grows_here]
+            self.growing, self.last, self.slot = (columns(x, keep) for x in (self.growing, self.last, self.slot))
+            self.window = [self.window[k] for k in keep]
+        if not self.window and any_open:
+            self.record.append((self.window, self.growing, self.open, self.last))
+        return not any_open and not self.window, bool(self.window)
 
     def step_inputs(self, *, time: int) -> Layout:
-        """The step's input tokens: each slot's last token, at ``time``, from the first slot growing
-        in any document to the last started; a slot not growing is padding (``valid`` False,
-        subsequence ``PAD_SUB``)."""
-        window = slice(self.first, self.width)
-        valid = self.growing[:, window]
-        return Layout(self.last[:, window], torch.where(valid, self.slot[window], PAD_SUB),
-                      torch.full_like(valid, time, dtype=torch.long), valid)
+        """The step's input tokens: each window slot's last token, at ``time``; a slot not growing in
+        a document is padding there (``valid`` False, subsequence ``PAD_SUB``)."""
+        valid = self.growing
+        return Layout(self.last, torch.where(valid, self.slot, PAD_SUB), torch.full_like(valid, time, dtype=torch.long),
+                      valid)
 
-    def take(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
-        """Each growing subsequence's new token: appended to its tokens, or, if it is </s>, ending it
-        (and closing the document if the subsequence is empty)."""
-        lo, hi = self.first, self.width
-        ends = (tokens == self.eos) & valid
-        length = self.length[:, lo:hi]
-        self.closed = self.closed | (ends > (length > 0)).any(1)  # an empty subsequence ended
-        grows = valid > ends
-        self.growing = torch.cat([self.growing[:, :lo], grows, self.growing[:, hi:]], 1)
-        self.tokens[:, lo:hi].scatter_(2, length[..., None], tokens[..., None])  # beyond the count unless it grew
-        length += grows
-        self.last = torch.cat([self.last[:, :lo], tokens, self.last[:, hi:]], 1)  # one that stops never grows again
+    def take(self, tokens: torch.Tensor) -> None:
+        """Each growing subsequence's new token: its next one, or, if it is </s>, its end. A
+        subsequence started at this step that ends at once is empty, and closes its document."""
+        self.record.append((self.window, self.growing, self.open, tokens))
+        ends = (tokens == self.eos) & self.growing
+        if self.fresh:  # the slot started at this step is the window's last, unless no document is open
+            self.open = self.open > ends[:, -1:]
+        self.growing, self.last, self.fresh = self.growing > ends, tokens, False
 
     def schedules(self) -> list[Schedule]:
-        """Every document's :class:`Schedule`, read back from the device once."""
-        closed, growing, length, tokens = (x.tolist() for x in (self.closed, self.growing, self.length, self.tokens))
-        made = torch.stack(self.made).tolist()
+        """Every document's :class:`Schedule`, from the record, read back from the device once."""
+        if not self.record:
+            return [Schedule(closed=not bool(o)) for o in self.open[:, 0].tolist()]
+        windows, growing, open_, tokens = zip(*self.record)
+        edges, steps = list(accumulate((len(w) for w in windows), initial=0)), len(windows)
+        n = edges[-1]
+        flags = torch.cat([*growing, *open_, self.open], 1)
         schedules = []
-        for d in range(len(closed)):
-            steps = [[i for i, grows in enumerate(step[d][1:]) if grows] for step in made if not step[d][0]]
-            started = max((i + 1 for step in steps for i in step), default=0)
-            schedules.append(Schedule([tokens[d][i][:length[d][i]] for i in range(started)], steps,
-                                      [not growing[d][i] for i in range(started)], closed[d]))
+        for row in torch.cat([flags.long(), *tokens], 1).tolist():
+            grew, open_then, open_now, made = row[:n], row[n:n + steps], row[n + steps], row[n + steps + 1:]
+            schedules.append(replay([(window, grew[a:z], made[a:z], not o)
+                                     for window, a, z, o in zip(windows, edges, edges[1:], open_then)],
+                                    closed=not open_now, eos=self.eos))
         return schedules
+
+
+def columns(x: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
+    """The columns ``keep`` (ascending) of ``x``'s last dimension, cut as slices: a view when they
+    are one run, and made on ``x``'s device without an index tensor from the host."""
+    runs: list[list[int]] = []  # [start, stop) of each run of consecutive columns
+    for k in keep:
+        if runs and runs[-1][1] == k:
+            runs[-1][1] = k + 1
+        else:
+            runs.append([k, k + 1])
+    parts = [x[..., a:z] for a, z in runs] or [x[..., :0]]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def replay(steps: Sequence[tuple[Sequence[int], list[int], list[int], bool]], *, closed: bool, eos: int) -> Schedule:
+    """One document's :class:`Schedule` from its record: at each step, the window's slots, which of
+    them grew here, their tokens, and whether the document was closed. It is done at the first step
+    where it is closed and nothing grows."""
+    schedule = Schedule(closed=closed)
+    for window, growing, tokens, closed_then in steps:
+        grew = [(slot, token) for slot, grows, token in zip(window, growing, tokens) if grows]
+        if closed_then and not grew:
+            break
+        schedule.made.append([slot for slot, _ in grew])
+        for slot, token in grew:
+            if slot == len(schedule.subsequences):  # its first token
+                schedule.subsequences.append([])
+                schedule.ended.append(False)
+            if token == eos:
+                schedule.ended[slot] = True
+            else:
+                schedule.subsequences[slot].append(token)
+    return schedule
 
 
 # --- The decoding steps: with a KV cache, and the uncached reference -------------------------------
@@ -344,26 +383,20 @@ def cached_step(model: T5ForConditionalGeneration, memory: CrossMemory, *, rows:
     """A step that appends the new tokens' keys and values to a KV cache and recomputes nothing.
 
     The cache starts with room for ``capacity`` tokens per row and grows when it must. Beside it,
-    each cached token's subsequence i and τ + i are kept in place, to build each step's mask and
-    positions against them (:func:`step_bias`); T5's position bias is looked up in a table made
-    once (:func:`pidutils.t5.bias_table`).
+    each cached token's subsequence i and τ + i are kept (a few integers a token, appended each
+    step), to build each step's mask and positions against them (:func:`step_bias`); T5's
+    position bias is looked up in a table made once (:func:`pidutils.t5.bias_table`).
     """
-    cache = KVCache.empty(model, rows, capacity)
-    table = bias_table(model)
-    sub_k, pos_k = (torch.zeros((rows, capacity), dtype=torch.long, device=model.device) for _ in "ip")
+    cache, table, device = KVCache.empty(model, rows, capacity), bias_table(model), model.device
+    sub_k = pos_k = torch.zeros((rows, 0), dtype=torch.long, device=device)
 
     def step(new: Layout) -> torch.Tensor:
         nonlocal sub_k, pos_k
-        start, end = cache.length, cache.length + new.ids.shape[1]
-        if end > sub_k.shape[1]:  # as the cache does: at least double
-            sub_k, pos_k = (F.pad(k, (0, max(end, 2 * k.shape[1]) - k.shape[1])) for k in (sub_k, pos_k))
         pos = new.sub + new.time
-        sub_k[:, start:end] = new.sub
-        pos_k[:, start:end] = pos
-        bias = step_bias(table, new.sub, pos, sub_k[:, :end], pos_k[:, :end])
-        return decoder_forward(model, new.ids, memory, bias, cache)
+        sub_k, pos_k = torch.cat([sub_k, new.sub], 1), torch.cat([pos_k, pos], 1)
+        return decoder_forward(model, new.ids, memory, step_bias(table, new.sub, pos, sub_k, pos_k), cache)
 
-    return on_device(step, model.device)
+    return on_device(step, device)
 
 
 def uncached_step(model: T5ForConditionalGeneration, memory: CrossMemory) -> StepFn:

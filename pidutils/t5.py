@@ -19,6 +19,7 @@ Face's T5 in ``tests/test_t5.py``.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -144,21 +145,31 @@ def cross_attention(attn, x: torch.Tensor, keys: torch.Tensor, values: torch.Ten
 
 # --- Self-attention: its bias, and a cache that can roll back -------------------------------------
 
+@functools.lru_cache(maxsize=16)
+def distance_buckets(num_buckets: int, max_distance: int, device: torch.device) -> torch.Tensor:
+    """T5's unidirectional bucket of every distance 0..``max_distance`` into the past, made once per
+    configuration and device (it holds no weights, so it is safe to keep). Made outside inference
+    mode, so that training, which indexes the bias weights with it, can save it for backward."""
+    with torch.inference_mode(False):
+        distance = torch.arange(max_distance + 1, device=device)
+        return T5Attention._relative_position_bucket(-distance, bidirectional=False, num_buckets=num_buckets,
+                                                     max_distance=max_distance)
+
+
 def bias_table(model: T5ForConditionalGeneration) -> torch.Tensor:
     """T5's learned self-attention bias at every distance into the past, per head, and a mask row.
 
     Row D (0 <= D <= max_distance) is the bias between a query and a key D positions before it; T5's
     decoder buckets are unidirectional, and every distance from ``max_distance`` on shares the last
     bucket, so these rows cover every distance. The extra last row is the dtype's minimum: the
-    "may not attend" entry. A decoder computes the table once per call and looks every step's bias
-    up in it (:func:`position_bias`); only the first block holds the bias, and every block uses it.
+    "may not attend" entry. A decoder computes the table once per call, from the model's current
+    weights, and looks every step's bias up in it (:func:`position_bias`); only the first block
+    holds the bias, and every block uses it.
     """
     attn = model.get_decoder().block[0].layer[0].SelfAttention
-    distance = torch.arange(attn.relative_attention_max_distance + 1, device=model.device)
-    buckets = T5Attention._relative_position_bucket(-distance, bidirectional=False,
-                                                    num_buckets=attn.relative_attention_num_buckets,
-                                                    max_distance=attn.relative_attention_max_distance)
-    table = attn.relative_attention_bias(buckets)
+    weight = attn.relative_attention_bias.weight
+    table = weight[distance_buckets(attn.relative_attention_num_buckets, attn.relative_attention_max_distance,
+                                    weight.device)]
     return torch.cat([table, torch.full_like(table[:1], torch.finfo(table.dtype).min)])
 
 
@@ -203,10 +214,9 @@ class KVCache:
         check_int("rows", rows, 1)
         check_int("capacity", capacity, 1)
         cfg = model.config
-        shape = (rows, cfg.num_heads, capacity, cfg.d_kv)
-        layers = [[torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in range(cfg.num_decoder_layers)]
-                  for _ in ("keys", "values")]
-        return cls(*layers)
+        keys, values = torch.zeros((2, cfg.num_decoder_layers, rows, cfg.num_heads, capacity, cfg.d_kv),
+                                   dtype=model.dtype, device=model.device)  # one allocation, cut per layer
+        return cls(list(keys), list(values))
 
     @property
     def capacity(self) -> int:

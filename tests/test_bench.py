@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,6 +24,19 @@ def test_compare_interleaves_in_rotating_order():
     timings = bench.compare(fns, warmup=1, repeats=3)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
     assert all(len(t.samples) == 3 for t in timings.values())
+
+
+def test_compare_interleaves_parts_and_sums_them():
+    """A function in parts (one batch each) is interleaved part by part with the others, in a
+    rotating order, and each sample is the sum of its parts' times."""
+    calls = []
+    fns = {"a": [lambda: calls.append("a0"), lambda: calls.append("a1")], "b": lambda: calls.append("b")}
+    timings = bench.compare(fns, warmup=0, repeats=2)
+    assert calls == ["a0", "b", "a1", "b", "a0", "a1"]
+    assert all(len(t.samples) == 2 for t in timings.values())
+    slow = bench.compare({"one": [lambda: time.sleep(0.01)], "three": [lambda: time.sleep(0.01)] * 3},
+                         warmup=0, repeats=1)
+    assert slow["three"].median > 2.5 * slow["one"].median
 
 
 def test_measure_device_gives_a_positive_roofline():

@@ -1,5 +1,7 @@
 """Pipelined decoding (chapter 4): the layout, Algorithm 1's schedule, and the cached decoder
 against the uncached reference and against teacher forcing."""
+import random
+
 import pytest
 import torch
 from transformers import T5EncoderModel
@@ -68,6 +70,64 @@ def test_token_j_of_subsequence_i_is_made_at_step_i_delta_t_plus_j():
             for j in range(1, len(tokens) + 1):  # 1-based j, 0-based i: step i*Δt + j
                 step = i * delta_t + j
                 assert i in schedule.made[step - 1]
+
+
+def reference_schedule(script, *, delta_t, time_max, sub_max):
+    """Algorithm 1 for one scripted document, in plain Python, by its rules alone: a slow and
+    obviously correct reference for the schedule kept in tensors (pipelined.Progress)."""
+    subsequences, ended, made, closed, started = [], [], [], False, 0
+    for t in range(1, time_max + 1):
+        if (t - 1) % delta_t == 0 and started < sub_max:
+            if not closed:
+                subsequences.append([])
+                ended.append(False)
+            started += 1
+            closed = closed or started == sub_max
+        growing = [i for i in range(len(subsequences)) if not ended[i]]
+        if closed and not growing:
+            break
+        made.append(growing)
+        for i in growing:
+            emitted = script[i] if i < len(script) else []
+            j = len(subsequences[i])
+            if j < len(emitted):
+                subsequences[i].append(emitted[j])
+            else:
+                ended[i] = True
+                closed = closed or j == 0  # an empty subsequence closes the document
+    return subsequences, made, ended, closed
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_tensor_schedule_equals_a_plain_python_algorithm1(seed):
+    """Random scripts for b = 3 documents: empty subsequences (which close a document), long and
+    short ones that leave holes in the step's window, <bos>'s id as a content token, Δt past a
+    subsequence's length (idle steps), and the time_max and sub_max edges."""
+    rng = random.Random(seed)
+    delta_t, time_max, sub_max = rng.choice([1, 2, 3]), rng.choice([4, 9, 30]), rng.choice([1, 2, 4, 20])
+    script = [[[rng.choice([0, A, B, C, D, E]) for _ in range(rng.choice([0, 1, 1, 2, 4, 7]))]
+               for _ in range(rng.randint(1, 6))] for _ in range(3)]
+    step = pl.scripted_step(script, delta_t=delta_t, eos=EOS, vocab_size=20)
+    ours = pl.algorithm1(step, b=3, delta_t=delta_t, time_max=time_max, sub_max=sub_max, bos=BOS, eos=EOS)
+    for schedule, doc in zip(ours, script):
+        expected = reference_schedule(doc, delta_t=delta_t, time_max=time_max, sub_max=sub_max)
+        assert (schedule.subsequences, schedule.made, schedule.ended, schedule.closed) == expected
+
+
+def test_the_pipelined_decoder_reads_the_host_once_a_step(setup, monkeypatch):
+    """Algorithm 1 with the KV cache reads back from the device once a time-step, plus once at the
+    end for the schedules: every ``tolist``, ``item``, ``bool`` or ``int`` of a tensor is counted."""
+    model, tokenizer, documents = setup
+    memory = t5.document_memory(model, tokenizer, documents)
+    reads = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, (lambda f, n: lambda self, *a: (reads.append(n), f(self, *a))[1])(
+            getattr(torch.Tensor, name), name))
+    schedules = pl.pipelined_decode(model, memory, time_max=12, sub_max=5)
+    monkeypatch.undo()
+    steps = max(s.steps for s in schedules)
+    assert steps > 5  # a random model runs for several steps
+    assert len(reads) <= steps + 2, reads  # each step's poll, the last poll that ends the loop, the read-back
 
 
 def test_mask_and_positions_of_figure3():

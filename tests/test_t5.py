@@ -43,6 +43,18 @@ def test_relative_position_bias_is_hugging_faces(setup):
     assert torch.equal(t5.position_bias(t5.bias_table(model), far, far >= 0)[:, 0], hf)
 
 
+def test_the_bias_table_trains_after_an_inference_call():
+    """The bucket index is cached (t5.distance_buckets): made first under inference mode, it must
+    still let training index the bias weights and backpropagate into them."""
+    model = random_t5("t5-tiny", seed=2)  # made here, outside the tests' inference mode
+    t5.distance_buckets.cache_clear()
+    t5.bias_table(model)  # under the autouse inference mode
+    with torch.inference_mode(False):
+        t5.bias_table(model)[:-1].sum().backward()
+    weight = model.get_decoder().block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
 def test_full_pass_equals_hugging_face(setup):
     model, source, mask, memory, target = setup
     valid = torch.ones_like(target, dtype=torch.bool)

@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,27 +74,43 @@ def time_fn(fn: Callable[[], object], device: Where = None, warmup: int = 1, rep
     return compare({"fn": fn}, device, warmup, repeats)["fn"]
 
 
-def compare(fns: dict[str, Callable[[], object]], device: Where = None,
-            warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
+Work = Callable[[], object] | Sequence[Callable[[], object]]  # one call, or one call per part (batch)
+
+
+def compare(fns: dict[str, Work], device: Where = None, warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
     """Time several functions interleaved: each round runs every one once, in a rotating order.
 
     Interleaving spreads drifts of the machine (other load, clock changes) over all of them, so
-    their ratio is fair even on a shared machine. ``device`` is the one synchronised around every
-    call (:func:`resolve`).
+    their ratio is fair even on a shared machine. A function may come in parts, a list of calls
+    (one batch of dialogues each): a round then interleaves them part by part, every function's
+    first part, then every second part, each in a rotating order, and a function's sample is the
+    sum of its parts' times. A drift then lands on every function within one batch, not one
+    function for a whole round. ``device`` is the one synchronised around every call
+    (:func:`resolve`).
     """
     check_int("warmup", warmup, 0)
     check_int("repeats", repeats, 1)
-    if not isinstance(fns, dict) or not fns or not all(callable(fn) for fn in fns.values()):
-        raise ValueError("fns must name at least one function to time: a dict of name -> function")
+    parts = {name: [fn] if callable(fn) else list(fn) if isinstance(fn, (list, tuple)) else []
+             for name, fn in fns.items()} if isinstance(fns, dict) else {}
+    if not parts or not all(p and all(callable(f) for f in p) for p in parts.values()):
+        raise ValueError("fns must name at least one function to time: a dict of name -> function "
+                         "(or -> a non-empty list of functions, its parts)")
     device = resolve(device)
-    names = list(fns)
+    names = list(parts)
     for _ in range(warmup):
         for name in names:
-            fns[name]()
+            for part in parts[name]:
+                part()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            samples[name].append(_timed(fns[name], device))
+        total = dict.fromkeys(names, 0.0)
+        for i in range(max(len(p) for p in parts.values())):
+            k = (r + i) % len(names)
+            for name in names[k:] + names[:k]:
+                if i < len(parts[name]):
+                    total[name] += _timed(parts[name][i], device)
+        for name in names:
+            samples[name].append(total[name])
     return {name: Timing.of(s) for name, s in samples.items()}
 
 
