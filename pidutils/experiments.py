@@ -221,9 +221,10 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
                        "ratio": sum(seq_steps) / sum(pipe_steps)}
     print(f"time-steps per dialogue: sequential {result['steps']['sequential']:.1f}, pipelined "
           f"{result['steps']['pipelined']:.1f}: ratio {result['steps']['ratio']:.2f}x (the speed-up's upper bound)")
-    result["encoder_bound"] = encoder_bound(result["throughput"], result["steps"]["ratio"])
+    result["encoder_bound"] = encoder_bound(result["throughput"], result["steps"]["ratio"],
+                                            encoder_s=measure.encoding_seconds(bed, role="sequential", repeats=repeats))
     bound = result["encoder_bound"]
-    print(f"b=1: the encoders take {bound['encoder_share']:.0%} of sequential decoding end to end; with a "
+    print(f"b=1: the encoder takes {bound['encoder_share']:.0%} of a sequential request; with a "
           f"decoding phase at the time-step ratio, end to end could reach {bound['end_to_end_bound']:.2f}x")
     one = measure.runs(bed.select(0, batch), ways, b=batch)
     result["peak_bytes"] = {name: peak_memory(fn, device) for name, fn in one.items()}
@@ -240,14 +241,15 @@ def pipelined_speedups(device: torch.device, dialogues: int = 50, batch: int = 8
     return result
 
 
-def encoder_bound(throughput: list[dict], steps_ratio: float) -> dict:
+def encoder_bound(throughput: list[dict], steps_ratio: float, *, encoder_s: float) -> dict:
     """What the encoder, which both decoders run once per dialogue, leaves of the time-step ratio end to
-    end at b = 1 (Amdahl's law): its share of the sequential decoder's end-to-end time (end to end
-    minus the decoding phase), and the end-to-end speed-up if the decoding phase ran at the ratio."""
-    rows = {row["phase"]: row for row in throughput if row["b"] == 1}
-    whole, phase = rows["end to end"]["sequential_s"], rows["decoding phase"]["sequential_s"]
-    encoder = whole - phase
-    return {"encoder_share": encoder / whole, "end_to_end_bound": whole / (encoder + phase / steps_ratio)}
+    end at b = 1 (Amdahl's law), from the encoder's own measured seconds for the dialogues
+    (:func:`pidutils.measure.encoding_seconds`) and the sequential decoding phase's: the encoder's
+    share of a sequential request, and the end-to-end speed-up if the decoding phase ran at the
+    ratio."""
+    phase = next(row for row in throughput if row["b"] == 1 and row["phase"] == "decoding phase")["sequential_s"]
+    return {"encoder_s": encoder_s, "encoder_share": encoder_s / (encoder_s + phase),
+            "end_to_end_bound": (encoder_s + phase) / (encoder_s + phase / steps_ratio)}
 
 
 def pipelined_quality(bed: measure.Testbed) -> dict:

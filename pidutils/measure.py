@@ -315,6 +315,13 @@ def step_costs(bed: Testbed, *, roles: Sequence[str], index: int = 0, repeats: i
             for r in roles}
 
 
+def encoding_seconds(bed: Testbed, *, role: str, b: int = 1, repeats: int = 3) -> float:
+    """Median seconds for the model in ``role`` to encode every dialogue of ``bed``, ``b`` at a time,
+    with the K/V projection: the fixed cost each request pays before decoding (chapter 4)."""
+    parts = [lambda g=g: memories(bed, [role], g) for g in batches(bed.documents, b)]
+    return compare({"encoder": parts}, bed.device, warmup=1, repeats=repeats)["encoder"].median
+
+
 # --- Statistics of paired outcomes -----------------------------------------------------------------------
 
 def standard_error(right: Sequence[bool]) -> float:

@@ -105,6 +105,8 @@ QUOTES: dict[str, Quote] = {
                                "Table 2 (slides)", _SPEC),
     "spec.cnndm_greedy": Quote("γ = 5: α 0.65, 3.1×", "CNN/DM summarisation, T = 0", "leviathan2023fast",
                                "Table 2 (slides)", _SPEC),
+    "spec.cnndm_sampled": Quote("γ = 5: α 0.53, 2.3×", "CNN/DM summarisation, T = 1", "leviathan2023fast",
+                                "Table 2 (slides)", _SPEC),
     "spec.alpha_unigram": Quote("0.03 to 0.13", "α of unigram drafts", "leviathan2023fast", "α table (slides)",
                                 "GPT-like 97M and T5-XXL targets, T = 0 and 1"),
     "spec.alpha_bigram": Quote("0.05 to 0.23", "α of bigram drafts", "leviathan2023fast", "α table (slides)",

@@ -315,7 +315,8 @@ def speedup_curve(measured: dict[int, float], predicted: dict[int, float], xlabe
     px = sorted(predicted)
     ax.plot(px, [predicted[x] for x in px], "--", color="C0", alpha=0.7, label="time-step ratio (upper bound)")
     if paper:
-        ax.plot(sorted(paper), [paper[x] for x in sorted(paper)], "s:", color="C3", label="paper")
+        ax.plot(sorted(paper), [paper[x] for x in sorted(paper)], "s", color="C3",
+                label="paper (its quoted points only)")
     ax.axhline(1.0, color="grey", lw=1)
     ax.set(xlabel=xlabel, ylabel="speed-up over sequential", title=title)
     ax.grid(alpha=0.3)
