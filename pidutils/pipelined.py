@@ -327,9 +327,8 @@ class Progress:
         self.growing, self.last, self.fresh = self.growing > ends, tokens, False
 
     def schedules(self) -> list[Schedule]:
-        """Every document's :class:`Schedule`, from the record, read back from the device once."""
-        if not self.record:
-            return [Schedule(closed=not bool(o)) for o in self.open[:, 0].tolist()]
+        """Every document's :class:`Schedule`, from the record, read back from the device once (the
+        first time-step always records: it starts a subsequence in every document)."""
         windows, growing, open_, tokens = zip(*self.record)
         edges, steps = list(accumulate((len(w) for w in windows), initial=0)), len(windows)
         n = edges[-1]
