@@ -8,21 +8,23 @@ The floors, each importing only from the floors below it (``tests/test_architect
 3. the engine: ``batching`` (tokenise, pad, batch), ``t5`` (encode once, the cross-attention
    memory, the KV cache, the decoder pass, the greedy loop), ``sequential`` (the baseline);
 4. the decoding methods, siblings that never import each other: ``decode`` (chapter 1), ``pie``
-   (chapter 2), ``pid`` (chapter 3), ``pipelined`` (chapter 4), ``speculative`` (chapter 5);
+   (chapter 2), ``pid`` (chapter 3), ``pipelined`` (chapter 4), ``speculative`` (chapter 5),
+   ``medusa`` (chapter 6);
 5. measurements: ``multiprompt`` (chapters 2 and 3), ``measure`` (models and dialogues side by
-   side, chapters 4 and 5), ``drafts`` and ``distribution`` (chapter 5), ``zoo.training``;
+   side, chapters 4 to 6), ``drafts`` and ``distribution`` (chapter 5), ``trees`` (chapter 6),
+   ``zoo.training``;
 6. ``experiments`` (the benchmarks' rows), then the command lines ``python -m pidutils.bench`` and
    ``python -m pidutils.zoo``.
 
 A chapter starts with ``from pidutils import ...`` of the modules it uses; the names below are the
 ones readers call most.
 """
-from . import (batching, bench, checks, cost, data, decode, drafts, measure, metrics, models, multiprompt, papers,
-               pid, pie, pipelined, plots, sequential, speculative, t5, tables, widgets, zoo)
+from . import (batching, bench, checks, cost, data, decode, drafts, measure, medusa, metrics, models, multiprompt,
+               papers, pid, pie, pipelined, plots, sequential, speculative, t5, tables, trees, widgets, zoo)
 from .listing import listing
 from .models import pick_device, pick_dtype, random_t5
 from .tables import Table
 
 __all__ = ["Table", "batching", "bench", "checks", "cost", "data", "decode", "drafts", "listing", "measure",
-           "metrics", "models", "multiprompt", "papers", "pick_device", "pick_dtype", "pid", "pie", "pipelined",
-           "plots", "random_t5", "sequential", "speculative", "t5", "tables", "widgets", "zoo"]
+           "medusa", "metrics", "models", "multiprompt", "papers", "pick_device", "pick_dtype", "pid", "pie", "pipelined",
+           "plots", "random_t5", "sequential", "speculative", "t5", "tables", "trees", "widgets", "zoo"]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import drafts, measure, zoo
+from . import drafts, measure, trees, zoo
 from .bench import Timing, compare, describe, peak_memory, speedup, time_fn
 from .checks import check_choice
 from .cost import Device, forward_work, speculative_speedup
@@ -18,6 +18,7 @@ from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
 from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, flops_row, timing_row,
                           workload)
 from .pipelined import DELTA_TS
+from .medusa import Typical, cartesian_tree
 from .speculative import Sampling
 
 EXPERIMENTS: dict[str, Callable[[torch.device], dict]] = {}
@@ -368,3 +369,69 @@ def check_same_answers(bed: measure.Testbed, ways: dict[str, measure.Way]) -> No
     for name, states in answers.items():
         if states != answers["target"]:
             raise AssertionError(f"{name} and the target alone disagree at temperature 0")
+
+
+@experiment("medusa")
+def medusa_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3, ks: tuple[int, ...] = (1, 2, 3, 4, 5),
+                    sizes: tuple[int, ...] = (4, 8, 16, 32, 64), gammas: tuple[int, ...] = (5, 7)) -> dict:
+    """The target alone, chapter 5's speculative decoding with its trained draft, and Medusa over K and
+    tree sizes (greedy, and typical acceptance on one tree), on the same test dialogues (chapter 6).
+
+    b = 1 end to end and in the decoding phase, all interleaved; for each Medusa way its tree's
+    nodes, the tokens a pass makes, a round's cost in target steps and the speed-up the heads'
+    accuracies predict; JGA of every way; then b = 8 for the target, the best Medusa tree and the
+    best γ. Every greedy way's tokens must equal the target's own: an ``AssertionError`` otherwise.
+    """
+    bed, heads = trees.load_medusa(device=device, dialogues=dialogues)
+    acc = trees.calibration()
+    result = {"experiment": "medusa", "setup": describe(device, bed["target"].dtype, target=drafts.TARGET,
+                                                        heads=trees.HEADS, dialogues=len(bed.documents), b=1)}
+    print(result["setup"])
+    top = max(ks)
+    configs = {f"medusa K={k} n={trees.TREE_SIZE}": trees.tree_of(k=k) for k in ks}
+    configs |= {f"medusa K={top} n={n}": trees.tree_of(k=top, size=n) for n in sizes}
+    configs["medusa cartesian 2x3"] = cartesian_tree(depth=3, top_k=2)  # the fixed baseline: 14 nodes
+    greedy = {"target": measure.sequential_way("target")}
+    greedy |= {f"speculative gamma={g}": measure.speculative_way(gamma=g) for g in gammas}
+    greedy |= {name: measure.medusa_way(heads, tree=tree) for name, tree in configs.items()}
+    check_same_answers(bed, greedy)
+    typical = {f"medusa typical K={top} n={trees.TREE_SIZE}": measure.medusa_way(heads, tree=configs[
+        f"medusa K={top} n={trees.TREE_SIZE}"], typical=Typical())}
+    ways = greedy | typical
+    whole = compare(measure.batch_runs(bed, ways), device, warmup=1, repeats=repeats)
+    phase = compare(measure.batch_runs(bed, ways, decoding_only=True), device, warmup=1, repeats=repeats)
+    result["jga"] = measure.jga(bed, ways)
+    answers = {name: measure.answers(bed, way) for name, way in ways.items()}
+    rows = []
+    for name in ways:
+        row = {"way": name, "jga": result["jga"][name], "end_to_end": speedup(whole["target"], whole[name]),
+               "decoding_phase": speedup(phase["target"], phase[name]), "seconds": whole[name].median,
+               "same_as_target": sum(a == b for a, b in zip(answers[name], answers["target"])) / len(bed.documents)}
+        if name.startswith("medusa"):
+            tree = configs.get(name, configs[f"medusa K={top} n={trees.TREE_SIZE}"])
+            k = len(max(tree, key=len))
+            rule = Typical() if "typical" in name else None
+            row |= {"nodes": len(tree), "k": k, "tokens_per_pass": trees.tokens_per_pass(bed, heads, tree=tree,
+                                                                                         typical=rule),
+                    "cost": trees.round_cost(bed, heads, tree=tree)}
+            row["predicted"] = trees.predicted_speedup(tree, acc[:k], cost=row["cost"])
+            row["refined"] = row["tokens_per_pass"] / row["cost"]
+        rows.append(row)
+        print(f"{name}: end to end {row['end_to_end']:.2f}x, decoding phase {row['decoding_phase']:.2f}x, "
+              f"JGA {row['jga']:.3f}" + (f" | {row['nodes']} nodes, {row['tokens_per_pass']:.2f} tokens/pass, "
+                                         f"round {row['cost']:.2f} steps, predicted {row['predicted']:.2f}x, "
+                                         f"refined {row['refined']:.2f}x" if "nodes" in row else "")
+              + ("" if row["same_as_target"] == 1 else f" | same answer as the target {row['same_as_target']:.0%}"))
+    result["rows"] = rows
+    result["best_medusa"] = max((r for r in rows if r["way"].startswith("medusa K")), key=lambda r: r["end_to_end"])
+    result["best_speculative"] = max((r for r in rows if r["way"].startswith("speculative")),
+                                     key=lambda r: r["end_to_end"])
+    best = [result["best_medusa"]["way"], result["best_speculative"]["way"]]
+    print(f"best: {best[0]} {result['best_medusa']['end_to_end']:.2f}x against {best[1]} "
+          f"{result['best_speculative']['end_to_end']:.2f}x end to end "
+          f"(Medusa/speculative {result['best_medusa']['end_to_end'] / result['best_speculative']['end_to_end']:.2f}x)")
+    batched = compare(measure.batch_runs(bed, {n: ways[n] for n in ["target", *best]}, b=8), device, warmup=1,
+                      repeats=repeats)
+    result["b8"] = {n: speedup(batched["target"], batched[n]) for n in best}
+    print("b=8 end to end: " + ", ".join(f"{n} {v:.2f}x" for n, v in result["b8"].items()))
+    return result

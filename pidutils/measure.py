@@ -1,4 +1,4 @@
-"""Models and test dialogues, measured side by side (chapters 4 and 5).
+"""Models and test dialogues, measured side by side (chapters 4 to 6).
 
 A :class:`Testbed` holds the models of a comparison by role (``sequential`` and ``pipelined`` in
 chapter 4, ``target`` and ``draft`` in chapter 5), their one tokenizer, and test dialogues with
@@ -12,7 +12,7 @@ reads and the decoding phase it runs on them. Written once for every comparison:
 - :func:`steps_taken`: the time-steps each way takes per dialogue;
 - :func:`step_costs`: the seconds of each model's encoder and of one of its decoding steps.
 
-Chapters 4 and 5 and ``python -m pidutils.bench`` use it, so the book and the command agree.
+Chapters 4 to 6 and ``python -m pidutils.bench`` use it, so the book and the command agree.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from .bench import compare, speedup
 from .checks import check_choice, check_int
 from .cost import pipelined_steps
 from .data import full_state_view, parse_state
+from .medusa import Heads, Typical, medusa_decode
 from .pipelined import DELTA_TS, Schedule, pipelined_decode, schedule_states, state_targets
 from .sequential import MAX_NEW_TOKENS, sequential_decode, sequential_states
 from .speculative import Sampling, autoregressive, check_pair, speculative_decode
@@ -141,6 +142,14 @@ def speculative_way(*, gamma: int, sampling: Sampling = Sampling(), seed: int = 
                                        sampling=sampling, pad=bed.pad, generator=generator)
         return tokens
     return Way(("target", "draft"), decode, token_states)
+
+
+def medusa_way(heads: Heads, *, tree: Sequence[Sequence[int]], typical: Typical | None = None) -> Way:
+    """Medusa on ``target`` with ``heads`` and ``tree`` (chapter 6): greedy acceptance, or ``typical``."""
+    def decode(bed: Testbed, memory: CrossMemory) -> torch.Tensor:
+        tokens, _ = medusa_decode(bed["target"], heads, memory, tree=tree, typical=typical, pad=bed.pad)
+        return tokens
+    return Way(("target",), decode, token_states)
 
 
 def hf_generate_way(role: str = "sequential") -> Way:

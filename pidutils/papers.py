@@ -1,9 +1,10 @@
-"""Every figure the book quotes from a paper, once, with its source (chapters 2 to 5).
+"""Every figure the book quotes from a paper, once, with its source (chapters 2 to 6).
 
 A :class:`Quote` is a figure as its paper prints it, what it measures, where it is (table,
 figure or section), and the setting it was measured in (model, data, hardware). The source
 texts are the ones in the book's ``shared/seeds`` folder; a figure is added here only after it
-was found there. Chapters draw every paper column from :data:`QUOTES` through
+was found there, or, where the seeds give none (Medusa's speed-ups and defaults), in the paper's
+own repository, which ``where`` then names. Chapters draw every paper column from :data:`QUOTES` through
 :func:`comparison`, so a figure is corrected in one place (``tests/test_papers.py`` checks that
 the chapters do).
 """
@@ -33,7 +34,7 @@ class Quote:
 
 
 PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 2025",
-          "leviathan2023fast": "Leviathan et al. 2023"}
+          "leviathan2023fast": "Leviathan et al. 2023", "cai2024medusa": "Cai et al. 2024"}
 
 _PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
 _PIPE_4090 = "one RTX 4090, batch 1"
@@ -115,6 +116,18 @@ QUOTES: dict[str, Quote] = {
                            "α table (slides)", "T5-XXL targets, EnDe and CNN/DM, T = 0 and 1"),
     "spec.alpha_gpt": Quote("0.88 and 0.89", "α of a 6M GPT-like draft at T = 0 and T = 1", "leviathan2023fast",
                             "α table (slides)", "GPT-like 97M target"),
+    # --- Cai et al. 2024, Medusa (chapter 6): the slides give its formulas; the figures are its repository's
+    "medusa.speedup": Quote("2.2–3.6×", "speed-up over the original model, Medusa-1 and Medusa-2 together",
+                            "cai2024medusa", "FasterDecoding/Medusa README (2024/1 news)",
+                            "a range of LLMs (Vicuna and others); hardware not stated there"),
+    "medusa.batch1": Quote("about 2×", "Medusa-1 (v0.1) speed-up at batch size 1", "cai2024medusa",
+                           "FasterDecoding/Medusa README (introduction)",
+                           "Vicuna models, batch size 1; hardware not stated there"),
+    "medusa.typical": Quote("ε 0.09, δ 0.3", "typical acceptance's posterior_threshold and posterior_alpha",
+                            "cai2024medusa", "medusa_generate's defaults (FasterDecoding/Medusa)",
+                            "the repository's default for every model"),
+    "medusa.decay": Quote("λ_k = 0.8^k", "the weight of head k in L_MEDUSA-1", "cai2024medusa",
+                          "training (slides)", "Medusa-1: heads on a frozen body"),
 }
 
 PAPER_CLASS = "paper"  # the HTML class of a comparison's paper column, which tests read

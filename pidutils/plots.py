@@ -382,3 +382,88 @@ def speculative_trace(rounds: list[tuple[list[str], int, str]], title: str = "",
     ax.set_title(title, fontsize=10, pad=22)
     plt.close(fig)
     return fig
+
+
+def medusa_diagram(k: int = 3) -> plt.Figure:
+    """Medusa's idea (chapter 6): the target's body runs once; its LM head reads h_t for y_{t+1}, and K
+    heads read the same h_t for y_{t+2} .. y_{t+K+1}, each a residual SiLU block and its own LM head."""
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN - 0.2, 0.62 * (k + 1) + 0.9))
+    height = 0.62 * (k + 1)
+    ax.set_xlim(0, 10)
+    ax.set_ylim(-0.1, height + 0.3)
+    ax.axis("off")
+    mid = height / 2 - 0.3
+    _box(ax, 0.1, mid, 1.9, 0.6, "dialogue →\nencoder (once)", "#f6e3c7")
+    _arrow(ax, 2.0, mid + 0.3, 2.5, mid + 0.3)
+    _box(ax, 2.5, mid, 1.9, 0.6, "decoder body\n(16 blocks)", "#d8efd3")
+    _arrow(ax, 4.4, mid + 0.3, 4.9, mid + 0.3)
+    ax.text(4.95, mid + 0.3, "$h_t$", va="center", fontsize=10)
+    for i in range(k + 1):
+        y = height - 0.62 * (i + 1) + 0.06
+        _arrow(ax, 5.4, mid + 0.3, 5.8, y + 0.25)
+        label = "LM head" if i == 0 else f"head {i}: $W_2^{{({i})}}(\\mathrm{{SiLU}}(W_1^{{({i})}}h)+h)$"
+        _box(ax, 5.8, y, 3.1, 0.5, label, "#dbe9f6" if i == 0 else "#efe0f7")
+        _arrow(ax, 8.9, y + 0.25, 9.2, y + 0.25)
+        ax.text(9.25, y + 0.25, f"$y_{{t+{i + 1}}}$", va="center", fontsize=10)
+    ax.set_title("one pass of the target: its own next token and K guesses beyond it", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+TREE_COLORS = {"root": "#a5c8f0", "accepted": "#b7e4c7", "stood": "#e2f3e8", "fell": "#f4a6a6", "node": "#e9ecef"}
+
+
+def candidate_tree(paths: list[tuple[int, ...]], labels: list[str], *, kinds: list[str] | None = None,
+                   title: str = "") -> plt.Figure:
+    """A Medusa tree (chapter 6): the root (node 0) at the left, each node one column right of its
+    parent, labelled ``labels[i]`` (node 0 first, then ``paths`` in order), coloured by ``kinds[i]``:
+    ``root``, ``accepted`` (on the winning branch), ``stood`` (its token is the target's, but a
+    deeper branch won), ``fell``, or ``node`` (not judged)."""
+    index = {(): 0} | {p: i + 1 for i, p in enumerate(paths)}
+    children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for p in paths:
+        children.setdefault(p[:-1], []).append(p)
+    row: dict[tuple[int, ...], float] = {}
+
+    def place(node: tuple[int, ...], next_row: int) -> int:
+        kids = children.get(node, [])
+        if not kids:
+            row[node] = next_row
+            return next_row + 1
+        for kid in kids:
+            next_row = place(kid, next_row)
+        row[node] = (row[kids[0]] + row[kids[-1]]) / 2
+        return next_row
+
+    rows = place((), 0)
+    depth = max(len(p) for p in paths)
+    kinds = kinds or ["root"] + ["node"] * len(paths)
+    width = MAX_WIDTH_IN - 0.2
+    col_w = width / (depth + 1)
+    box_w = min(1.3, col_w - 0.2)
+    wrapped = [_wrap(label, box_w - 0.06) for label in labels]
+    line_h = 0.4 if any("\n" in w for w in wrapped) else 0.3
+    fig, ax = plt.subplots(figsize=(width, line_h * rows + (0.9 if title else 0.5)))
+    ax.set_xlim(0, width)
+    ax.set_ylim(rows, -0.2)
+    ax.axis("off")
+    for node, i in index.items():
+        x, y = len(node) * col_w, row[node]
+        if node:
+            parent = node[:-1]
+            ax.plot([len(parent) * col_w + box_w, x], [row[parent], y], color="#999999", lw=0.8, zorder=0)
+        ax.add_patch(plt.Rectangle((x, y - 0.42), box_w, 0.84, facecolor=TREE_COLORS[kinds[i]], edgecolor="white"))
+        ax.text(x + box_w / 2, y, wrapped[i], ha="center", va="center", fontsize=MIN_FONT_PT,
+                parse_math=False)
+    used = [k for k in TREE_COLORS if k in kinds]
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=TREE_COLORS[k]) for k in used]
+    names = {"root": "root: the target's token", "accepted": "accepted branch", "stood": "stood, not deepest",
+             "fell": "fell", "node": "candidate"}
+    ax.legend(handles, [names[k] for k in used], fontsize=MIN_FONT_PT, ncol=len(used), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False, handlelength=1.2, columnspacing=1.0)
+    if title:
+        ax.set_title(title, fontsize=10, pad=24)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -8,7 +8,10 @@ Each method differs from plain decoding in one place only, and that place is an 
 - pipelined decoding (chapter 4) gives self-attention its own mask and relative positions, so the
   caller passes the self-attention bias (:func:`bias_table`, :func:`position_bias`);
 - speculative decoding (chapter 5) rolls the self-attention cache back after a rejection, so the
-  cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast.
+  cache is preallocated and has a length that can be reset (:class:`KVCache`), as in gpt-fast;
+- Medusa (chapter 6) checks a tree of candidates in one pass, under its own bias, reads the final
+  hidden states (:func:`decoder_states`) for its heads, and keeps one branch of the tree in the
+  cache (:meth:`KVCache.keep`).
 
 :func:`document_memory` tokenizes, encodes once and projects to every layer's K/V;
 :func:`decoder_forward` runs the embedding, every block (self-attention with the given bias and
@@ -201,11 +204,11 @@ class KVCache:
     The first :attr:`length` positions hold the tokens so far. A pass writes its new tokens' keys
     and values in place after them (no copy of the cache; a pass that would overflow it first
     doubles it, :meth:`grow`), and :meth:`truncate` rolls the cache back by resetting the length:
-    speculative decoding's rejected drafts (chapter 5).
+    speculative decoding's rejected drafts (chapter 5). Every layer's keys and values are views of
+    one buffer ``(2, layers, rows, h, capacity, d_kv)``, so a change to all of them is one operation.
     """
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    buffer: torch.Tensor
     length: int = 0
 
     @classmethod
@@ -214,37 +217,56 @@ class KVCache:
         check_int("rows", rows, 1)
         check_int("capacity", capacity, 1)
         cfg = model.config
-        keys, values = torch.zeros((2, cfg.num_decoder_layers, rows, cfg.num_heads, capacity, cfg.d_kv),
-                                   dtype=model.dtype, device=model.device)  # one allocation, cut per layer
-        return cls(list(keys), list(values))
+        return cls(torch.zeros((2, cfg.num_decoder_layers, rows, cfg.num_heads, capacity, cfg.d_kv),
+                               dtype=model.dtype, device=model.device))
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Each layer's keys, ``(rows, h, capacity, d_kv)`` views of the buffer."""
+        return list(self.buffer[0])
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Each layer's values, ``(rows, h, capacity, d_kv)`` views of the buffer."""
+        return list(self.buffer[1])
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[2]
+        return self.buffer.shape[4]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one layer's new K/V after :attr:`length`; return that layer's K/V so far, new included."""
         end = self.length + k.shape[2]
         if end > self.capacity:
             self.grow(end)
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values = self.buffer[0, layer], self.buffer[1, layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
     def grow(self, needed: int) -> None:
-        """Reallocate every layer with at least twice the capacity (and ``needed``), keeping the tokens
+        """Reallocate the buffer with at least twice the capacity (and ``needed``), keeping the tokens
         so far: a decoder that cannot know its length ahead (chapter 4) starts small, and the
         doublings stay few."""
-        capacity = max(needed, 2 * self.capacity)
-        for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
-                buffers[i] = old.new_zeros((*old.shape[:2], capacity, old.shape[3]))
-                buffers[i][:, :, :self.length] = old[:, :, :self.length]
+        old = self.buffer
+        self.buffer = old.new_zeros((*old.shape[:4], max(needed, 2 * self.capacity), old.shape[5]))
+        self.buffer[:, :, :, :, :self.length] = old[:, :, :, :, :self.length]
 
     def truncate(self, length: int) -> None:
         """Roll back to the first ``length`` tokens (the cross-attention memory is not touched)."""
         check_int("length", length, 0, self.length)
         self.length = length
+
+    def keep(self, start: int, index: torch.Tensor) -> None:
+        """Keep, after the first ``start`` tokens, the cached tokens ``start + index`` of each row
+        (``index`` (rows, n), ascending), moved into place at ``start .. start + n``, and drop the rest:
+        Medusa's accepted branch of a tree (chapter 6). One gather over every layer's keys and values;
+        the cross-attention memory is not touched."""
+        check_int("start", start, 0, self.length)
+        two, layers, rows, h, _, d = self.buffer.shape
+        at = (start + index)[None, None, :, None, :, None].expand(two, layers, rows, h, index.shape[1], d)
+        self.buffer[:, :, :, :, start:start + index.shape[1]] = self.buffer.gather(4, at)
+        self.length = start + index.shape[1]
 
 
 def self_attention(attn, x: torch.Tensor, cache: KVCache | None, layer: int, bias: torch.Tensor) -> torch.Tensor:
@@ -256,9 +278,11 @@ def self_attention(attn, x: torch.Tensor, cache: KVCache | None, layer: int, bia
     return attn.o(merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)))
 
 
-def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory: CrossMemory,
-                    self_bias: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-    """Run the decoder on ``ids`` (rows, new) after ``cache``; return the logits (rows, new, vocab).
+def decoder_states(model: T5ForConditionalGeneration, ids: torch.Tensor, memory: CrossMemory,
+                   self_bias: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """Run the decoder on ``ids`` (rows, new) after ``cache``; return its final hidden states
+    (rows, new, d_model), after the final layer norm: what the LM head reads, and Medusa's heads too
+    (chapter 6).
 
     ``self_bias`` (rows or 1, h, new, past+new) is the self-attention's position bias plus its
     mask, the one thing each method chooses. Each block is T5's: self-attention, cross-attention
@@ -275,10 +299,20 @@ def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory
         h = ff(h)
     if cache is not None:
         cache.length += ids.shape[1]
-    h = decoder.final_layer_norm(h)
+    return decoder.final_layer_norm(h)
+
+
+def lm_logits(model: T5ForConditionalGeneration, states: torch.Tensor) -> torch.Tensor:
+    """The LM head on :func:`decoder_states`' output (scaled first when the embeddings are tied)."""
     if model.config.scale_decoder_outputs:
-        h = h * model.config.d_model ** -0.5
-    return model.lm_head(h)
+        states = states * model.config.d_model ** -0.5
+    return model.lm_head(states)
+
+
+def decoder_forward(model: T5ForConditionalGeneration, ids: torch.Tensor, memory: CrossMemory,
+                    self_bias: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """The decoder pass's logits (rows, new, vocab): :func:`lm_logits` of :func:`decoder_states`."""
+    return lm_logits(model, decoder_states(model, ids, memory, self_bias, cache))
 
 
 # --- Decoding one token per step on this pass -------------------------------------------------------

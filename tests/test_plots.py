@@ -102,6 +102,15 @@ FIGURES = {
     "speedup_curve": lambda: plots.speedup_curve(
         {n: 1 + 0.5 * n for n in range(2, 10)}, {n: 1 + 0.6 * n for n in range(2, 10)},
         "subsequences in the target", "Speed-up over sequential, b = 1, Δt = 1", paper={2: 1.8, 9: 5.1}),
+    "medusa_diagram": lambda: plots.medusa_diagram(k=3),
+    "medusa_diagram, 5 heads": lambda: plots.medusa_diagram(k=5),
+    "candidate_tree": lambda: plots.candidate_tree(
+        [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)], ["train-day", ":", "saturday", "monday", ";", ",", "train"],
+        kinds=["root", "accepted", "stood", "accepted", "fell", "fell", "node"], title="one round"),
+    "candidate_tree, 32 nodes": lambda: plots.candidate_tree(
+        [(r,) for r in range(4)] + [(r, s) for r in range(2) for s in range(4)] + [(0, s, t) for s in range(3) for t in range(3)]
+        + [(0, 0, t, u) for t in range(2) for u in range(3)] + [(0, 0, 0, 0, 0)],
+        [WORDS[i % len(WORDS)] for i in range(33)]),
     "speculative_trace, chapter 5": lambda: plots.speculative_trace(
         trace_rounds(6, 5), "greedy speculative decoding, γ = 5, test dialogue 99"),
     "speculative_trace, γ = 8, 20 rounds": lambda: plots.speculative_trace(trace_rounds(20, 8), "γ = 8"),

@@ -82,6 +82,31 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+@dataclass(frozen=True)
+class HeadsRecipe:
+    """How a shipped set of Medusa heads is trained (chapter 6): L_MEDUSA-1 on a frozen target's
+    hidden states at every position of its training dialogues, teacher-forced on their labels."""
+
+    target: str
+    k: int = 5
+    train_dialogues: int = 20000  # those the target was trained on
+    epochs: int = 6
+    batch_size: int = 512  # positions per step
+    lr: float = 2e-3
+    decay: float = 0.8  # λ_k = decay^k
+    seed: int = 0
+
+
+# Chapter 6: Medusa heads, each a small checkpoint of its own beside the target it reads.
+HEAD_RECIPES: dict[str, HeadsRecipe] = {"medusa-seq-t5-deep": HeadsRecipe(target="seq-t5-deep")}
+
+
+def heads_path(name: str) -> pathlib.Path:
+    """The folder of a shipped set of Medusa heads (``heads.safetensors`` and ``heads.json``)."""
+    check_choice("name", name, sorted(HEAD_RECIPES))
+    return CHECKPOINTS / name
+
+
 # Drafts of graded quality (chapter 5): checkpoints made to agree with a target only partly, which
 # answer too poorly to be held to the book's JGA target; their α is recorded instead.
 WEAK_DRAFTS = ("seq-t5-mini",)

@@ -1,4 +1,5 @@
-"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint.
+"""``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint
+(or a shipped set of Medusa heads, chapter 6, where ``--steps`` counts epochs).
 
 ``python -m pidutils.zoo cost [--device cpu|cuda]``: measure chapter 5's cost ratio c (a draft step over
 a target step) for each of its drafts and record them in the target's report."""
@@ -9,16 +10,16 @@ import pathlib
 import sys
 
 from ..drafts import DRAFTS, TARGET, record_cost_ratio
-from . import RECIPES, recipe_dict, save
-from .training import train_checkpoint
+from . import HEAD_RECIPES, RECIPES, heads_path, recipe_dict, save
+from .training import train_checkpoint, train_heads
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pidutils.zoo")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="retrain a checkpoint reproducibly, from a random model or its recipe's init")
-    t.add_argument("name", choices=sorted(RECIPES))
-    t.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    t.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES))
+    t.add_argument("--steps", type=int, default=None, help="override the recipe's step count (for Medusa heads: epochs)")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")
     t.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
     c = sub.add_parser("cost", help="measure chapter 5's draft/target step cost ratio into the target's report")
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{TARGET} with {draft}: target step {record['target_step_ms']:.2f} ms, draft step "
                   f"{record['draft_step_ms']:.2f} ms, c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) "
                   f"on {record['machine']}")
+        return 0
+    if args.name in HEAD_RECIPES:
+        heads, report = train_heads(args.name, epochs=args.steps, device=args.device)
+        folder = args.out or heads_path(args.name)
+        heads.save(folder, report)
+        top1 = ", ".join(f"{acc[0]:.3f}" for acc in report["test_accuracy"])
+        print(f"saved {args.name} to {folder}: heads' test top-1 accuracy {top1}, {report['wall_seconds']:.0f} s")
         return 0
     model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
     result["recipe"] = recipe_dict(args.name)

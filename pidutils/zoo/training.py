@@ -8,15 +8,21 @@ whether it fine-tunes another shipped checkpoint (``init``) instead of starting 
 """
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
+
 
 import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
+from ..batching import seq2seq_batch
 from ..bench import describe
 from ..checks import check_choice, check_int
 from ..cost import training_flops
-from ..data import DONTCARE, NONE, SLOTS, make_dataset, parse_state
+from ..data import DONTCARE, NONE, SLOTS, full_state_view, make_dataset, parse_state, sequential_target
+from ..medusa import Heads, accuracies, head_labels, medusa_loss, teacher_forced_states
 from ..metrics import evaluate
 from ..models import count_parameters, pick_device
 from ..pid import pid_batches, pid_generate, pid_loss
@@ -25,7 +31,7 @@ from ..pipelined import pipelined_batches, pipelined_generate, pipelined_loss
 from ..sequential import sequential_batches, sequential_generate
 from ..tokenizer import train_tokenizer
 from ..train import train
-from . import RECIPES, Recipe, load, new_model
+from . import HEAD_RECIPES, RECIPES, HeadsRecipe, load, new_model
 
 # What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
 # add decoder blocks), and the data its tokenizer was trained on.
@@ -177,3 +183,61 @@ def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, 
     if recipe.method == "seq":
         return sequential_batches(split, tokenizer, **sizes), None
     return pie_batches(split, tokenizer, **sizes), None
+
+
+# --- Chapter 6: Medusa-1 heads on a frozen target -----------------------------------------------------
+
+def target_states(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, split, *,
+                  k: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen target's final hidden states at every labelled decoder position of ``split``'s
+    full-state dialogues (n, d), and the K heads' labels there (n, K): computed once, since
+    Medusa-1 never changes the body."""
+    view = full_state_view(split)
+    documents, targets = view["document"], [sequential_target(s) for s in view["subsequences"]]
+    states, labels = [], []
+    for i in range(0, len(documents), batch_size):
+        h, y = teacher_forced_states(model, seq2seq_batch(tokenizer, documents[i:i + batch_size],
+                                                          targets[i:i + batch_size]))
+        real = y != -100
+        states.append(h[real].cpu())
+        labels.append(head_labels(y, k)[real].cpu())
+    return torch.cat(states), torch.cat(labels)
+
+
+def train_heads(name: str, *, epochs: int | None = None, device: str | None = None) -> tuple[Heads, dict]:
+    """Train the named Medusa heads on their frozen target (chapter 6): L_MEDUSA-1 with λ_k = 0.8^k,
+    Adam with a cosine schedule over shuffled positions. Returns the heads (CPU, eval) and a report:
+    wall time, machine, the loss, and each head's top-i accuracies on the validation dialogues (the
+    tree's calibration) and on the test dialogues."""
+    recipe: HeadsRecipe = HEAD_RECIPES[check_choice("name", name, sorted(HEAD_RECIPES))]
+    epochs = check_int("epochs", epochs, 1) if epochs is not None else recipe.epochs
+    device = pick_device(device)
+    target_recipe = RECIPES[recipe.target]
+    model, tokenizer = load(recipe.target, device)
+    started = time.perf_counter()
+    data = make_dataset(train=recipe.train_dialogues, seed=target_recipe.seed)
+    states, labels = target_states(model, tokenizer, data["train"], k=recipe.k)
+    torch.manual_seed(recipe.seed)
+    heads = Heads.for_target(model, k=recipe.k).train()
+    steps = epochs * math.ceil(len(states) / recipe.batch_size)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=recipe.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    losses = []
+    for _ in range(epochs):
+        for batch in torch.randperm(len(states)).split(recipe.batch_size):
+            loss = medusa_loss(heads, states[batch].to(device), labels[batch].to(device), decay=recipe.decay)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+    heads.eval()
+    report = {"name": name, "target": recipe.target, "positions": len(states), "epochs": epochs, "steps": steps,
+              "wall_seconds": time.perf_counter() - started, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+              "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}",
+              "recipe": asdict(recipe)}
+    with torch.inference_mode():
+        for split in ("validation", "test"):
+            s, y = target_states(model, tokenizer, data[split], k=recipe.k)
+            report[f"{split}_accuracy"] = accuracies(heads, s.to(device), y.to(device))
+    return heads.cpu(), report
