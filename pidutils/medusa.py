@@ -215,21 +215,21 @@ def cartesian_tree(*, depth: int, top_k: int) -> Tree:
 
 def accuracy_tree(acc: Sequence[Sequence[float]], *, size: int) -> Tree:
     """The tree of ``size`` nodes built node by node from the heads' top-i accuracies ``acc[k][i]``
-    (the slides): each time, add the child of the tree (or of the root) whose path is likeliest to
-    stand, Π acc[d][r_d]. Their sum is the expected accepted depth (:func:`expected_tokens`), and
-    best-first growth maximises it at every size, since a child is never likelier than its parent."""
+    (the slides): each time, add the node likeliest to stand, Π acc[d][r_d] along its path, among
+    the children of the tree (or of the root) whose lower-ranked siblings are in it already. Their
+    sum is the expected accepted depth (:func:`expected_tokens`). When every head's accuracies fall
+    with rank, a node is never likelier than its parent or its lower-ranked sibling, so the tree is
+    the ``size`` likeliest nodes: the best tree of that size. Otherwise it is the slides' greedy rule."""
     check_int("size", size, 1)
-    frontier = [(-acc[0][0], (0,))]
+    frontier = [(-path_probability((0,), acc), (0,))]
     tree: list[tuple[int, ...]] = []
     while frontier and len(tree) < size:
-        neg, path = heapq.heappop(frontier)
+        _, path = heapq.heappop(frontier)
         tree.append(path)
         d, r = len(path), path[-1]
-        if r + 1 < len(acc[d - 1]):  # its next sibling
-            heapq.heappush(frontier, (neg / acc[d - 1][r] * acc[d - 1][r + 1] if acc[d - 1][r] else 0.0,
-                                      path[:-1] + (r + 1,)))
-        if d < len(acc):  # its first child
-            heapq.heappush(frontier, (neg * acc[d][0], path + (0,)))
+        offers = ([path[:-1] + (r + 1,)] if r + 1 < len(acc[d - 1]) else []) + ([path + (0,)] if d < len(acc) else [])
+        for offer in offers:  # its next sibling and its first child
+            heapq.heappush(frontier, (-path_probability(offer, acc), offer))
     return tuple(sorted(tree, key=lambda p: (len(p), p)))
 
 

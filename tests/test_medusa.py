@@ -191,8 +191,12 @@ def closed_trees(acc, size):
             yield tuple(sorted(chosen, key=lambda p: (len(p), p)))
 
 
-def test_the_accuracy_tree_is_the_best_tree_of_its_size():
-    acc = [[0.7, 0.2, 0.05], [0.5, 0.25, 0.1], [0.35, 0.2, 0.1]]
+@pytest.mark.parametrize("acc", [[[0.7, 0.2, 0.05], [0.5, 0.25, 0.1], [0.35, 0.2, 0.1]],
+                                 [[0.5, 0.3, 0.01], [0.9, 0.05, 0.04], [0.2, 0.19, 0.18]]])
+def test_the_accuracy_tree_is_the_best_tree_of_its_size(acc):
+    """Accuracies falling with rank: the grown tree is the best of every tree of its size whose nodes
+    have their parent and lower-ranked sibling (and no other tree can do better: the best nodes are
+    such a tree)."""
     for size in range(1, 7):
         tree = medusa.accuracy_tree(acc, size=size)
         assert len(tree) == size and medusa.check_tree(tree, heads=3) == tree
