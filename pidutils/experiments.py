@@ -18,7 +18,7 @@ from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
 from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, flops_row, timing_row,
                           workload)
 from .pipelined import DELTA_TS
-from .medusa import Typical, cartesian_tree
+from .medusa import Typical, cartesian_tree, load_heads
 from .speculative import Sampling
 
 EXPERIMENTS: dict[str, Callable[[torch.device], dict]] = {}
@@ -363,41 +363,54 @@ def speculative_draft(bed: measure.Testbed, device: torch.device, verify: dict[i
     return result
 
 
-def check_same_answers(bed: measure.Testbed, ways: dict[str, measure.Way]) -> None:
-    """Greedy: every way's answer to every dialogue must be the target's own."""
+def check_same_answers(bed: measure.Testbed, ways: dict[str, measure.Way], *, reference: str = "target") -> None:
+    """Greedy: every way's answer to every dialogue must be the ``reference`` way's own."""
     answers = {name: measure.answers(bed, way) for name, way in ways.items()}
     for name, states in answers.items():
-        if states != answers["target"]:
-            raise AssertionError(f"{name} and the target alone disagree at temperature 0")
+        if states != answers[reference]:
+            raise AssertionError(f"{name} and the way {reference!r} disagree at temperature 0")
 
 
 @experiment("medusa")
 def medusa_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3, ks: tuple[int, ...] = (1, 2, 3, 4, 5),
-                    sizes: tuple[int, ...] = (4, 8, 16, 32, 64), gammas: tuple[int, ...] = (5, 7)) -> dict:
-    """The target alone, chapter 5's speculative decoding with its trained draft, and Medusa over K and
-    tree sizes (greedy, and typical acceptance on one tree), on the same test dialogues (chapter 6).
+                    sizes: tuple[int, ...] = (4, 8, 16, 32, 64), gammas: tuple[int, ...] = (5, 7),
+                    sizes2: tuple[int, ...] = (8, 16, 32)) -> dict:
+    """The target alone, chapter 5's speculative decoding with its trained draft, and Medusa-1 over K
+    and tree sizes (greedy, and typical acceptance on one tree), on the same test dialogues (chapter 6);
+    then Medusa-2 (its own body, alone, with its heads over ``sizes2``, and with chapter 5's draft).
 
-    b = 1 end to end and in the decoding phase, all interleaved; for each Medusa way its tree's
-    nodes, the tokens a pass makes, a round's cost in target steps and the speed-up the heads'
-    accuracies predict; JGA of every way; then b = 8 for the target, the best Medusa tree and the
-    best γ. Every greedy way's tokens must equal the target's own: an ``AssertionError`` otherwise.
+    b = 1 end to end and in the decoding phase, all interleaved, every speed-up over the target
+    alone; for each Medusa way its tree's nodes, the tokens a pass makes, a round's cost in steps
+    and the speed-up the heads' accuracies predict; JGA of every way; then b = 8 for the target and
+    the best Medusa-1, Medusa-2 and γ. Every greedy way's tokens must equal those of its model alone
+    (the target, or Medusa-2's body): an ``AssertionError`` otherwise.
     """
     bed, heads = trees.load_medusa(device=device, dialogues=dialogues)
-    acc = trees.calibration()
+    heads2 = load_heads(trees.MEDUSA2, device=device)
     result = {"experiment": "medusa", "setup": describe(device, bed["target"].dtype, target=drafts.TARGET,
-                                                        heads=trees.HEADS, dialogues=len(bed.documents), b=1)}
+                                                        heads=trees.HEADS, medusa2=trees.MEDUSA2,
+                                                        dialogues=len(bed.documents), b=1)}
     print(result["setup"])
     top = max(ks)
-    configs = {f"medusa K={k} n={trees.TREE_SIZE}": trees.tree_of(k=k) for k in ks}
-    configs |= {f"medusa K={top} n={n}": trees.tree_of(k=top, size=n) for n in sizes}
-    configs["medusa cartesian 2x3"] = cartesian_tree(depth=3, top_k=2)  # the fixed baseline: 14 nodes
+    medusas = {f"medusa K={k} n={trees.TREE_SIZE}": (heads, trees.tree_of(k=k), "target") for k in ks}
+    medusas |= {f"medusa K={top} n={n}": (heads, trees.tree_of(k=top, size=n), "target") for n in sizes}
+    medusas["medusa cartesian 2x3"] = (heads, cartesian_tree(depth=3, top_k=2), "target")  # the fixed baseline
     greedy = {"target": measure.sequential_way("target")}
     greedy |= {f"speculative gamma={g}": measure.speculative_way(gamma=g) for g in gammas}
-    greedy |= {name: measure.medusa_way(heads, tree=tree) for name, tree in configs.items()}
+    greedy |= {name: measure.medusa_way(h, tree=tree, role=role) for name, (h, tree, role) in medusas.items()}
     check_same_answers(bed, greedy)
-    typical = {f"medusa typical K={top} n={trees.TREE_SIZE}": measure.medusa_way(heads, tree=configs[
-        f"medusa K={top} n={trees.TREE_SIZE}"], typical=Typical())}
-    ways = greedy | typical
+    two = {f"medusa-2 K={heads2.k} n={n}": (heads2, trees.tree_of(k=heads2.k, size=n, heads=trees.MEDUSA2),
+                                            "medusa-2") for n in sizes2}
+    greedy2 = {"medusa-2 body alone": measure.sequential_way("medusa-2"),
+               f"medusa-2 body, speculative gamma={max(gammas)}":
+                   measure.speculative_way(gamma=max(gammas), target="medusa-2")}
+    greedy2 |= {name: measure.medusa_way(h, tree=tree, role=role) for name, (h, tree, role) in two.items()}
+    check_same_answers(bed, greedy2, reference="medusa-2 body alone")
+    typical_name = f"medusa typical K={top} n={trees.TREE_SIZE}"
+    medusas[typical_name] = medusas[f"medusa K={top} n={trees.TREE_SIZE}"]
+    medusas |= two
+    ways = greedy | greedy2 | {typical_name: measure.medusa_way(heads, tree=medusas[typical_name][1],
+                                                                typical=Typical())}
     whole = compare(measure.batch_runs(bed, ways), device, warmup=1, repeats=repeats)
     phase = compare(measure.batch_runs(bed, ways, decoding_only=True), device, warmup=1, repeats=repeats)
     result["jga"] = measure.jga(bed, ways, b=1)  # b = 1, as timed: typical acceptance depends on the batch
@@ -407,13 +420,13 @@ def medusa_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
         row = {"way": name, "jga": result["jga"][name], "end_to_end": speedup(whole["target"], whole[name]),
                "decoding_phase": speedup(phase["target"], phase[name]), "seconds": whole[name].median,
                "same_as_target": sum(a == b for a, b in zip(answers[name], answers["target"])) / len(bed.documents)}
-        if name.startswith("medusa"):
-            tree = configs.get(name, configs[f"medusa K={top} n={trees.TREE_SIZE}"])
-            k = len(max(tree, key=len))
+        if name in medusas:
+            h, tree, role = medusas[name]
+            k, acc = len(max(tree, key=len)), trees.calibration(trees.MEDUSA2 if role == "medusa-2" else trees.HEADS)
             rule = Typical() if "typical" in name else None
-            row |= {"nodes": len(tree), "k": k, "tokens_per_pass": trees.tokens_per_pass(bed, heads, tree=tree,
-                                                                                         typical=rule),
-                    "cost": trees.round_cost(bed, heads, tree=tree)}
+            row |= {"nodes": len(tree), "k": k, "tokens_per_pass": trees.tokens_per_pass(bed, h, tree=tree,
+                                                                                         typical=rule, role=role),
+                    "cost": trees.round_cost(bed, h, tree=tree, role=role)}
             row["predicted"] = trees.predicted_speedup(tree, acc[:k], cost=row["cost"])
             row["refined"] = row["tokens_per_pass"] / row["cost"]
         rows.append(row)
@@ -423,15 +436,18 @@ def medusa_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                                          f"refined {row['refined']:.2f}x" if "nodes" in row else "")
               + ("" if row["same_as_target"] == 1 else f" | same answer as the target {row['same_as_target']:.0%}"))
     result["rows"] = rows
-    result["best_medusa"] = max((r for r in rows if r["way"].startswith("medusa K")), key=lambda r: r["end_to_end"])
-    result["best_speculative"] = max((r for r in rows if r["way"].startswith("speculative")),
-                                     key=lambda r: r["end_to_end"])
-    best = [result["best_medusa"]["way"], result["best_speculative"]["way"]]
-    print(f"best: {best[0]} {result['best_medusa']['end_to_end']:.2f}x against {best[1]} "
-          f"{result['best_speculative']['end_to_end']:.2f}x end to end "
-          f"(Medusa/speculative {result['best_medusa']['end_to_end'] / result['best_speculative']['end_to_end']:.2f}x)")
-    batched = compare(measure.batch_runs(bed, {n: ways[n] for n in ["target", *best]}, b=8), device, warmup=1,
+    best = {kind: max((r for r in rows if r["way"].startswith(prefix)), key=lambda r: r["end_to_end"])
+            for kind, prefix in (("best_medusa", "medusa K"), ("best_medusa2", "medusa-2 K"),
+                                 ("best_speculative", "speculative gamma"))}
+    result |= best
+    spec = best["best_speculative"]
+    for kind in ("best_medusa", "best_medusa2"):
+        print(f"best: {best[kind]['way']} {best[kind]['end_to_end']:.2f}x against {spec['way']} "
+              f"{spec['end_to_end']:.2f}x end to end "
+              f"(Medusa/speculative {best[kind]['end_to_end'] / spec['end_to_end']:.2f}x)")
+    picked = [r["way"] for r in best.values()]
+    batched = compare(measure.batch_runs(bed, {n: ways[n] for n in ["target", *picked]}, b=8), device, warmup=1,
                       repeats=repeats)
-    result["b8"] = {n: speedup(batched["target"], batched[n]) for n in best}
+    result["b8"] = {n: speedup(batched["target"], batched[n]) for n in picked}
     print("b=8 end to end: " + ", ".join(f"{n} {v:.2f}x" for n, v in result["b8"].items()))
     return result

@@ -134,22 +134,23 @@ def pipelined_way(*, delta_t: int = 1) -> Way:
                lambda bed, schedules: schedule_states(bed.tokenizer, schedules))
 
 
-def speculative_way(*, gamma: int, sampling: Sampling = Sampling(), seed: int = 0) -> Way:
-    """Speculative decoding of ``target`` with ``draft`` (chapter 5): its tokens."""
+def speculative_way(*, gamma: int, sampling: Sampling = Sampling(), seed: int = 0, target: str = "target") -> Way:
+    """Speculative decoding of the model in role ``target`` with ``draft`` (chapter 5): its tokens."""
     def decode(bed: Testbed, target_memory: CrossMemory, draft_memory: CrossMemory) -> torch.Tensor:
         generator = torch.Generator(device=bed.device).manual_seed(seed)
-        tokens, _ = speculative_decode(bed["target"], bed["draft"], target_memory, draft_memory, gamma=gamma,
+        tokens, _ = speculative_decode(bed[target], bed["draft"], target_memory, draft_memory, gamma=gamma,
                                        sampling=sampling, pad=bed.pad, generator=generator)
         return tokens
-    return Way(("target", "draft"), decode, token_states)
+    return Way((target, "draft"), decode, token_states)
 
 
-def medusa_way(heads: Heads, *, tree: Sequence[Sequence[int]], typical: Typical | None = None) -> Way:
-    """Medusa on ``target`` with ``heads`` and ``tree`` (chapter 6): greedy acceptance, or ``typical``."""
+def medusa_way(heads: Heads, *, tree: Sequence[Sequence[int]], typical: Typical | None = None,
+               role: str = "target") -> Way:
+    """Medusa on the model in ``role`` with ``heads`` and ``tree`` (chapter 6): greedy acceptance, or ``typical``."""
     def decode(bed: Testbed, memory: CrossMemory) -> torch.Tensor:
-        tokens, _ = medusa_decode(bed["target"], heads, memory, tree=tree, typical=typical, pad=bed.pad)
+        tokens, _ = medusa_decode(bed[role], heads, memory, tree=tree, typical=typical, pad=bed.pad)
         return tokens
-    return Way(("target",), decode, token_states)
+    return Way((role,), decode, token_states)
 
 
 def hf_generate_way(role: str = "sequential") -> Way:

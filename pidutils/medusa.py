@@ -138,7 +138,7 @@ def check_heads(model: T5ForConditionalGeneration, heads: Heads) -> None:
                          f"of {vocab}, the target d_model {model.config.d_model} and {model.config.vocab_size}")
 
 
-# --- Training: L_MEDUSA-1 on the frozen target's hidden states ---------------------------------------
+# --- Training: L_MEDUSA-1 on the frozen target's hidden states, L_MEDUSA-2 through the body too -----------
 
 def decayed(k: int, decay: float = DECAY) -> list[float]:
     """λ_1 .. λ_k = decay^1 .. decay^k."""
@@ -158,6 +158,20 @@ def medusa_loss(heads: Heads, states: torch.Tensor, labels: torch.Tensor, *, dec
     logits = heads(states)
     losses = [F.cross_entropy(logits[:, i], labels[:, i], ignore_index=-100) for i in range(heads.k)]
     return sum(w * loss for w, loss in zip(decayed(heads.k, decay), losses))
+
+
+def medusa2_loss(model: T5ForConditionalGeneration, heads: Heads, batch: dict, *, lambda0: float,
+                 decay: float = DECAY) -> torch.Tensor:
+    """L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1 on a sequence-to-sequence ``batch`` (chapter 6, "Medusa-2"):
+    the body's own loss on its labels and the heads' loss on its final hidden states, through both,
+    so that training moves the body as well as the heads."""
+    labels = batch["labels"]
+    encoded = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    states = model.decoder(input_ids=model.prepare_decoder_input_ids_from_labels(labels), encoder_hidden_states=encoded,
+                           encoder_attention_mask=batch["attention_mask"]).last_hidden_state
+    lm = F.cross_entropy(lm_logits(model, states).flatten(0, 1), labels.flatten(), ignore_index=-100)
+    real = labels != -100
+    return lm + lambda0 * medusa_loss(heads, states[real], head_labels(labels, heads.k)[real], decay=decay)
 
 
 @torch.inference_mode()

@@ -128,6 +128,8 @@ QUOTES: dict[str, Quote] = {
                             "the repository's default for every model"),
     "medusa.decay": Quote("λ_k = 0.8^k", "the weight of head k in L_MEDUSA-1", "cai2024medusa",
                           "training (slides)", "Medusa-1: heads on a frozen body"),
+    "medusa.lambda0": Quote("gradually increase λ_0", "the heads' weight in L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1",
+                            "cai2024medusa", "training (slides)", "Medusa-2: the body and the heads together"),
 }
 
 PAPER_CLASS = "paper"  # the HTML class of a comparison's paper column, which tests read

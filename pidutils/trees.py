@@ -3,7 +3,8 @@
 The target is chapter 5's, ``seq-t5-deep``, and the heads are the shipped ``medusa-seq-t5-deep``
 (:data:`pidutils.zoo.HEAD_RECIPES`). A Medusa testbed holds the target and chapter 5's trained
 draft by role, so that Medusa and draft-model speculative decoding run on the same target and
-dialogues; :func:`pidutils.measure.batch_runs` times it with :func:`pidutils.measure.medusa_way`.
+dialogues, and Medusa-2's body (``medusa2-seq-t5-deep``, trained with its heads) in role
+``medusa-2``; :func:`pidutils.measure.batch_runs` times it with :func:`pidutils.measure.medusa_way`.
 This module adds what is Medusa's own to measure: the tokens a pass makes (:func:`tokens_per_pass`),
 what a round costs in target steps (:func:`round_cost`), the speed-up the heads' accuracies predict
 (:func:`predicted_speedup`), and one measured point of chapter 6's slider (:func:`speedup_row`).
@@ -22,42 +23,45 @@ from .medusa import (Heads, Round, Tree, Typical, accuracy_tree, expected_tokens
 from .t5 import KVCache, bias_table, causal_bias, decoder_states, document_memory, lm_logits
 
 HEADS = "medusa-seq-t5-deep"
+MEDUSA2 = "medusa2-seq-t5-deep"  # Medusa-2: heads trained with the body, which it holds (role "medusa-2")
 TREE_SIZE = 8  # nodes of the tree chapter 6 decodes with unless asked otherwise: near the best on the 2-core CPU
 
 
 def load_medusa(*, device: torch.device | str = "cpu", dialogues: int = 20) -> tuple[Testbed, Heads]:
     """Chapter 5's target and trained draft on ``device`` with the first ``dialogues`` test
-    dialogues, and the shipped heads."""
-    return load_speculative(device=device, dialogues=dialogues), load_heads(HEADS, device=device)
+    dialogues, Medusa-2's body in role ``medusa-2``, and the shipped Medusa-1 heads."""
+    bed = load_speculative(device=device, dialogues=dialogues).with_model("medusa-2", MEDUSA2)
+    return bed, load_heads(HEADS, device=device)
 
 
-def calibration() -> list[list[float]]:
-    """acc[k][i]: head k's top-(i+1) accuracy on the validation dialogues, from the heads' report."""
-    return heads_report(HEADS)["validation_accuracy"]
+def calibration(heads: str = HEADS) -> list[list[float]]:
+    """acc[k][i]: head k's top-(i+1) accuracy on the validation dialogues, from the ``heads``' report."""
+    return heads_report(heads)["validation_accuracy"]
 
 
-def tree_of(*, k: int, size: int = TREE_SIZE) -> Tree:
-    """The best tree of at most ``size`` nodes over the first ``k`` heads (:func:`pidutils.medusa.accuracy_tree`)."""
-    return accuracy_tree(calibration()[:k], size=size)
+def tree_of(*, k: int, size: int = TREE_SIZE, heads: str = HEADS) -> Tree:
+    """The best tree of at most ``size`` nodes over the first ``k`` of the shipped ``heads``
+    (:func:`pidutils.medusa.accuracy_tree`)."""
+    return accuracy_tree(calibration(heads)[:k], size=size)
 
 
-def tokens_per_pass(bed: Testbed, heads: Heads, *, tree: Sequence[Sequence[int]],
-                    typical: Typical | None = None) -> float:
-    """Tokens Medusa makes per target pass, ``</s>`` included, over the testbed's dialogues one at a time
-    (the first pass, on the start token, counted too)."""
+def tokens_per_pass(bed: Testbed, heads: Heads, *, tree: Sequence[Sequence[int]], typical: Typical | None = None,
+                    role: str = "target") -> float:
+    """Tokens Medusa makes per pass of the model in ``role``, ``</s>`` included, over the testbed's
+    dialogues one at a time (the first pass, on the start token, counted too)."""
     made = passes = 0
     for document in bed.documents:
-        tokens, stats = medusa_generate_ids(bed["target"], heads, bed.tokenizer, [document], tree=tree, typical=typical)
+        tokens, stats = medusa_generate_ids(bed[role], heads, bed.tokenizer, [document], tree=tree, typical=typical)
         made, passes = made + int((tokens != bed.pad).sum()), passes + stats.passes
     return made / passes
 
 
 def round_cost(bed: Testbed, heads: Heads, *, tree: Sequence[Sequence[int]], index: int = 0, context: int = 30,
-               repeats: int = 40) -> float:
-    """A Medusa round in target steps: the tree's pass, its LM head and the heads' guesses at one
-    position, against a one-token step with its LM head, after ``context`` cached tokens (timed
-    interleaved). Rolling the cache back is left out: the gather moves a few tokens' keys."""
-    model, layout = bed["target"], tree_layout(tree, device=bed.device)
+               repeats: int = 40, role: str = "target") -> float:
+    """A Medusa round in steps of the model in ``role``: the tree's pass, its LM head and the heads'
+    guesses at one position, against a one-token step with its LM head, after ``context`` cached
+    tokens (timed interleaved). Rolling the cache back is left out: the gather moves a few tokens' keys."""
+    model, layout = bed[role], tree_layout(tree, device=bed.device)
     memory = document_memory(model, bed.tokenizer, [bed.documents[index]])
     cache, table = KVCache.empty(model, 1, context + layout.nodes), bias_table(model)
     ids = torch.full((1, context + layout.nodes), 5, device=model.device)

@@ -136,12 +136,13 @@ def test_eos_inside_an_accepted_branch_and_the_length_limit():
     assert stood_past_eos > 0
 
 
-def test_greedy_medusa_on_the_shipped_target_and_heads():
-    model, tokenizer = zoo.load("seq-t5-deep")
-    heads = medusa.load_heads("medusa-seq-t5-deep")
+@pytest.mark.parametrize("name", ["medusa-seq-t5-deep", "medusa2-seq-t5-deep"])
+def test_greedy_medusa_on_the_shipped_target_and_heads(name):
+    model, tokenizer = zoo.load_body(name)  # Medusa-1: seq-t5-deep itself; Medusa-2: the body trained with it
+    heads = medusa.load_heads(name)
     documents = list(zoo.test_split("seq-t5-deep")["dialogue"][:6])
     expected = sequential.sequential_generate_ids(model, tokenizer, documents)
-    tree = medusa.shipped_tree("medusa-seq-t5-deep", size=24)
+    tree = medusa.shipped_tree(name, size=24)
     for rows in (1, 3):
         got = [medusa.medusa_generate_ids(model, heads, tokenizer, documents[i:i + rows], tree=tree)
                for i in range(0, len(documents), rows)]
@@ -242,6 +243,52 @@ def test_the_loss_weighs_head_k_by_decay_to_the_k():
     parts = [torch.nn.functional.cross_entropy(logits[:, i], labels[:, i]) for i in range(3)]
     expected = 0.8 * parts[0] + 0.64 * parts[1] + 0.512 * parts[2]
     torch.testing.assert_close(medusa.medusa_loss(heads, states, labels), expected)
+
+
+def seq2seq_batch_of(model, *, rows=3, source=7, target=9, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, model.config.vocab_size, (rows, source), generator=generator)
+    labels = torch.randint(2, model.config.vocab_size, (rows, target), generator=generator)
+    labels[0, -3:] = -100  # a shorter row, padded as Hugging Face pads labels
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_medusa2_loss_is_the_lm_loss_plus_lambda0_times_medusa1():
+    model = random_t5("t5-tiny", seed=8, dtype=EXACT)
+    heads = random_heads(model, k=3, seed=1)
+    batch = seq2seq_batch_of(model)
+    states, labels = medusa.teacher_forced_states(model, batch)
+    real = labels != -100
+    heads_loss = medusa.medusa_loss(heads, states[real], medusa.head_labels(labels, 3)[real])
+    with torch.no_grad():
+        torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.0), model(**batch).loss)
+        torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.3),
+                                   model(**batch).loss + 0.3 * heads_loss)
+
+
+def test_medusa2_trains_the_body_through_the_heads():
+    model = random_t5("t5-tiny", seed=9, dtype=EXACT)
+    heads = random_heads(model, k=2, seed=2)
+    batch = seq2seq_batch_of(model, seed=1)
+    body, head = {}, {}
+    for lambda0 in (0.0, 1.0):
+        model.zero_grad(set_to_none=False), heads.zero_grad(set_to_none=False)
+        medusa.medusa2_loss(model, heads, batch, lambda0=lambda0).backward()
+        body[lambda0] = model.get_decoder().final_layer_norm.weight.grad.clone()
+        head[lambda0] = heads.w1.grad.abs().max().item()
+    assert head[0.0] == 0 and head[1.0] > 0  # λ_0 = 0 is the body's own loss alone
+    assert not torch.allclose(body[0.0], body[1.0])  # the heads' loss reaches the body
+
+
+def test_a_medusa2_body_loads_as_its_targets_architecture():
+    target, tokenizer = zoo.load("seq-t5-deep")
+    body, body_tokenizer = zoo.load("medusa2-seq-t5-deep")
+    assert body.dtype == torch.float32 and body_tokenizer.get_vocab() == tokenizer.get_vocab()
+    same = ("d_model", "num_layers", "num_decoder_layers", "num_heads", "vocab_size")
+    assert all(getattr(body.config, key) == getattr(target.config, key) for key in same)
+    medusa.check_heads(body, medusa.load_heads("medusa2-seq-t5-deep"))
+    assert not torch.equal(body.lm_head.weight, target.lm_head.weight)  # the body was trained too
+    assert zoo.load_body("medusa-seq-t5-deep")[0].config.num_decoder_layers == 16  # Medusa-1: the frozen target
 
 
 def test_the_shipped_heads_report_their_accuracies():

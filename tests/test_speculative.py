@@ -390,5 +390,5 @@ def test_the_speculative_experiment_refuses_greedy_answers_that_differ(bed):
     check_same_answers(two, ways)  # the real ways agree
     short = measure.Way(("target",), lambda bed, memory: sp.autoregressive(bed["target"], memory, pad=bed.pad,
                                                                          max_new_tokens=5), measure.token_states)
-    with pytest.raises(AssertionError, match="cut short and the target alone disagree"):
+    with pytest.raises(AssertionError, match="cut short and the way 'target' disagree"):
         check_same_answers(two, ways | {"cut short": short})

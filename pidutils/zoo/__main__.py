@@ -1,5 +1,6 @@
 """``python -m pidutils.zoo train NAME [--steps N] [--out DIR] [--device cpu|cuda]``: retrain a shipped checkpoint
-(or a shipped set of Medusa heads, chapter 6, where ``--steps`` counts epochs).
+(or a shipped set of Medusa heads, chapter 6: for Medusa-1, ``--steps`` counts epochs; Medusa-2 trains
+its body too and saves it beside the heads).
 
 ``python -m pidutils.zoo cost [--device cpu|cuda]``: measure chapter 5's cost ratio c (a draft step over
 a target step) for each of its drafts and record them in the target's report."""
@@ -10,8 +11,8 @@ import pathlib
 import sys
 
 from ..drafts import DRAFTS, TARGET, record_cost_ratio
-from . import HEAD_RECIPES, RECIPES, heads_path, recipe_dict, save
-from .training import train_checkpoint, train_heads
+from . import HEAD_RECIPES, RECIPES, SHARD_SIZE, JointRecipe, heads_path, recipe_dict, save
+from .training import train_checkpoint, train_heads, train_joint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="retrain a checkpoint reproducibly, from a random model or its recipe's init")
     t.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES))
-    t.add_argument("--steps", type=int, default=None, help="override the recipe's step count (for Medusa heads: epochs)")
+    t.add_argument("--steps", type=int, default=None, help="override the recipe's step count (for Medusa-1 heads: epochs)")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")
     t.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
     c = sub.add_parser("cost", help="measure chapter 5's draft/target step cost ratio into the target's report")
@@ -31,6 +32,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{TARGET} with {draft}: target step {record['target_step_ms']:.2f} ms, draft step "
                   f"{record['draft_step_ms']:.2f} ms, c = {record['c']:.3f} ({record['target_over_draft']:.1f}x) "
                   f"on {record['machine']}")
+        return 0
+    if isinstance(HEAD_RECIPES.get(args.name), JointRecipe):
+        body, tokenizer, heads, report = train_joint(args.name, steps=args.steps, device=args.device)
+        folder = args.out or heads_path(args.name)
+        body.half().save_pretrained(folder, max_shard_size=SHARD_SIZE)
+        tokenizer.save_pretrained(folder)
+        heads.save(folder, report)
+        top1 = ", ".join(f"{acc[0]:.3f}" for acc in report["test_accuracy"])
+        print(f"saved {args.name} to {folder}: body's test JGA {report['test']['jga']:.3f}, heads' test top-1 "
+              f"accuracy {top1}, {report['wall_seconds']:.0f} s")
         return 0
     if args.name in HEAD_RECIPES:
         heads, report = train_heads(args.name, epochs=args.steps, device=args.device)

@@ -8,6 +8,7 @@ whether it fine-tunes another shipped checkpoint (``init``) instead of starting 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from ..bench import describe
 from ..checks import check_choice, check_int
 from ..cost import training_flops
 from ..data import DONTCARE, NONE, SLOTS, full_state_view, make_dataset, parse_state, sequential_target
-from ..medusa import Heads, accuracies, head_labels, medusa_loss, teacher_forced_states
+from ..medusa import Heads, accuracies, head_labels, load_heads, medusa2_loss, medusa_loss, teacher_forced_states
 from ..metrics import evaluate
 from ..models import count_parameters, pick_device
 from ..pid import pid_batches, pid_generate, pid_loss
@@ -31,7 +32,7 @@ from ..pipelined import pipelined_batches, pipelined_generate, pipelined_loss
 from ..sequential import sequential_batches, sequential_generate
 from ..tokenizer import train_tokenizer
 from ..train import train
-from . import HEAD_RECIPES, RECIPES, HeadsRecipe, load, new_model
+from . import HEAD_RECIPES, RECIPES, HeadsRecipe, JointRecipe, load, new_model
 
 # What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
 # add decoder blocks), and the data its tokenizer was trained on.
@@ -236,8 +237,65 @@ def train_heads(name: str, *, epochs: int | None = None, device: str | None = No
               "wall_seconds": time.perf_counter() - started, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
               "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}",
               "recipe": asdict(recipe)}
+    report |= head_accuracies(model, tokenizer, heads, data, k=recipe.k)
+    return heads.cpu(), report
+
+
+class Joint(torch.nn.Module):
+    """A body and its heads as one module, so that one optimizer trains both (Medusa-2)."""
+
+    def __init__(self, body: T5ForConditionalGeneration, heads: Heads) -> None:
+        super().__init__()
+        self.body, self.heads = body, heads
+
+
+def head_accuracies(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, heads: Heads,
+                    data, *, k: int) -> dict[str, list[list[float]]]:
+    """Each head's top-i accuracies on the validation dialogues (the tree's calibration) and the test ones."""
+    report = {}
     with torch.inference_mode():
         for split in ("validation", "test"):
-            s, y = target_states(model, tokenizer, data[split], k=recipe.k)
-            report[f"{split}_accuracy"] = accuracies(heads, s.to(device), y.to(device))
-    return heads.cpu(), report
+            s, y = target_states(model, tokenizer, data[split], k=k)
+            report[f"{split}_accuracy"] = accuracies(heads, s.to(model.device), y.to(model.device))
+    return report
+
+
+def train_joint(name: str, *, steps: int | None = None, device: str | None = None
+                ) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast, Heads, dict]:
+    """Train Medusa-2 (chapter 6): the target's body and its Medusa-1 heads together, on
+    L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1 with λ_0 ramped up from 0 (:class:`pidutils.zoo.JointRecipe`),
+    on the target's training dialogues and their labels.
+
+    The body changes, so the report re-checks its JGA on the test dialogues beside the heads'
+    accuracies, both measured on the weights as shipped (rounded to float16). Returns the body, its
+    tokenizer, the heads (CPU, eval) and the report.
+    """
+    recipe: JointRecipe = HEAD_RECIPES[check_choice("name", name, sorted(HEAD_RECIPES))]
+    steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
+    device = pick_device(device)
+    model, tokenizer = load(recipe.target, device)
+    heads = load_heads(recipe.heads, device=device)
+    data = make_dataset(train=RECIPES[recipe.target].train_dialogues, seed=RECIPES[recipe.target].seed)
+    predict = predictor("seq", model, tokenizer)
+    step = itertools.count()
+
+    def loss_fn(joint: Joint, batch: dict) -> torch.Tensor:
+        lambda0 = recipe.lambda0 * min(1.0, next(step) / recipe.ramp)
+        return medusa2_loss(joint.body, joint.heads, batch, lambda0=lambda0, decay=recipe.decay)
+
+    def validate(joint: Joint) -> dict:
+        s, y = target_states(model, tokenizer, data["validation"].select(range(100)), k=heads.k)
+        return evaluate(predict, data["validation"].select(range(50))) | {
+            f"head{i + 1}_top1": acc[0] for i, acc in enumerate(accuracies(heads, s.to(device), y.to(device)))}
+
+    batches = sequential_batches(data["train"], tokenizer, batch_size=recipe.batch_size)
+    run = train(Joint(model, heads), batches, lambda batch: 0.0,  # FLOPs: not counted for Medusa's heads
+                steps=steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed, validate=validate,
+                validate_every=recipe.validate_every, loss_fn=loss_fn, optimizer=recipe.optimizer)
+    model, heads = model.half().float().eval(), heads.half().float().eval()  # as shipped, in float16
+    report = {"name": name, "target": recipe.target, "steps": steps, "wall_seconds": run.wall_seconds,
+              "final_loss": run.final_loss, "validation": run.validation, "test": evaluate(predict, data["test"]),
+              "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}",
+              "recipe": asdict(recipe)}
+    report |= head_accuracies(model, tokenizer, heads, data, k=heads.k)
+    return model.cpu(), tokenizer, heads.cpu(), report
