@@ -154,7 +154,7 @@ def head_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 def medusa_loss(heads: Heads, states: torch.Tensor, labels: torch.Tensor, *, decay: float = DECAY) -> torch.Tensor:
     """L_MEDUSA-1 = Σ_k −λ_k log p_t^(k)(y_{t+k+1}), averaged over positions: ``states`` (n, d) from the
-    frozen target, ``labels`` (n, K) from :func:`head_labels`."""
+    target (frozen in Medusa-1, training with the heads in Medusa-2), ``labels`` (n, K) from :func:`head_labels`."""
     logits = heads(states)
     losses = [F.cross_entropy(logits[:, i], labels[:, i], ignore_index=-100) for i in range(heads.k)]
     return sum(w * loss for w, loss in zip(decayed(heads.k, decay), losses))

@@ -104,14 +104,14 @@ class JointRecipe:
     ``heads``, with λ_0 raised linearly from 0 over the first ``ramp`` steps (the slides' "gradually
     increase λ_0"). The body changes, so its folder holds the new body beside the heads."""
 
-    target: str
+    target: str  # the checkpoint whose body it starts from (the body it ships is its own)
     heads: str  # the Medusa-1 heads it starts from
     steps: int = 1500
     batch_size: int = 8  # dialogues per step
     lr: float = 2e-3
     optimizer: str = "adafactor"
     warmup: int = 50
-    lambda0: float = 0.2  # chosen over 1.0 on the validation dialogues: the body's JGA 0.96 against 0.90
+    lambda0: float = 0.2  # λ_0 = 1.0 gave the body 0.90 JGA on 50 validation dialogues, 0.2 gave 0.96
     ramp: int = 500
     decay: float = 0.8  # λ_k = decay^k
     validate_every: int = 500

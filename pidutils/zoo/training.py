@@ -186,13 +186,13 @@ def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, 
     return pie_batches(split, tokenizer, **sizes), None
 
 
-# --- Chapter 6: Medusa-1 heads on a frozen target -----------------------------------------------------
+# --- Chapter 6: Medusa-1 heads on a frozen target, Medusa-2 with its body ------------------------------
 
 def target_states(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, split, *,
                   k: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen target's final hidden states at every labelled decoder position of ``split``'s
-    full-state dialogues (n, d), and the K heads' labels there (n, K): computed once, since
-    Medusa-1 never changes the body."""
+    """A target's final hidden states at every labelled decoder position of ``split``'s full-state
+    dialogues (n, d), and the K heads' labels there (n, K). Medusa-1 never changes the body, so it
+    computes them once and trains on them; Medusa-2 measures its heads on its own body with them."""
     view = full_state_view(split)
     documents, targets = view["document"], [sequential_target(s) for s in view["subsequences"]]
     states, labels = [], []
@@ -277,7 +277,7 @@ def train_joint(name: str, *, steps: int | None = None, device: str | None = Non
     heads = load_heads(recipe.heads, device=device)
     data = make_dataset(train=RECIPES[recipe.target].train_dialogues, seed=RECIPES[recipe.target].seed)
     predict = predictor("seq", model, tokenizer)
-    step = itertools.count()
+    step = itertools.count()  # train calls loss_fn once a step: the ramp's clock
 
     def loss_fn(joint: Joint, batch: dict) -> torch.Tensor:
         lambda0 = recipe.lambda0 * min(1.0, next(step) / recipe.ramp)
