@@ -148,7 +148,7 @@ def decayed(k: int, decay: float = DECAY) -> list[float]:
 def head_labels(labels: torch.Tensor, k: int) -> torch.Tensor:
     """Each head's label at each position: ``labels`` (rows, n) are the next tokens y_{t+1} (-100 on
     padding); head i at t is to predict y_{t+i+1}, that is ``labels`` shifted left by i. (rows, n, k)."""
-    shifted = [F.pad(labels[:, i:], (0, i), value=-100) for i in range(1, k + 1)]
+    shifted = [F.pad(labels, (0, i), value=-100)[:, i:] for i in range(1, k + 1)]
     return torch.stack(shifted, -1)
 
 
@@ -156,21 +156,38 @@ def medusa_loss(heads: Heads, states: torch.Tensor, labels: torch.Tensor, *, dec
     """L_MEDUSA-1 = Σ_k −λ_k log p_t^(k)(y_{t+k+1}), averaged over positions: ``states`` (n, d) from the
     target (frozen in Medusa-1, training with the heads in Medusa-2), ``labels`` (n, K) from :func:`head_labels`."""
     logits = heads(states)
-    losses = [F.cross_entropy(logits[:, i], labels[:, i], ignore_index=-100) for i in range(heads.k)]
+    counts = (labels != -100).sum(0).clamp_min(1)  # a head with no label here (a short answer) adds 0
+    losses = [F.cross_entropy(logits[:, i], labels[:, i], ignore_index=-100, reduction="sum") / counts[i]
+              for i in range(heads.k)]
     return sum(w * loss for w, loss in zip(decayed(heads.k, decay), losses))
 
 
-def medusa2_loss(model: T5ForConditionalGeneration, heads: Heads, batch: dict, *, lambda0: float,
-                 decay: float = DECAY) -> torch.Tensor:
-    """L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1 on a sequence-to-sequence ``batch`` (chapter 6, "Medusa-2"):
-    the body's own loss on its labels and the heads' loss on its final hidden states, through both,
-    so that training moves the body as well as the heads."""
-    labels = batch["labels"]
+def body_states(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
+    """A body's final hidden states (rows, n, d) on a sequence-to-sequence ``batch``, fed its labels
+    shifted right, through Hugging Face's modules (differentiable, for Medusa-2's training)."""
     encoded = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    states = model.decoder(input_ids=model.prepare_decoder_input_ids_from_labels(labels), encoder_hidden_states=encoded,
-                           encoder_attention_mask=batch["attention_mask"]).last_hidden_state
-    lm = F.cross_entropy(lm_logits(model, states).flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return model.decoder(input_ids=model.prepare_decoder_input_ids_from_labels(batch["labels"]),
+                         encoder_hidden_states=encoded, encoder_attention_mask=batch["attention_mask"]).last_hidden_state
+
+
+def medusa2_loss(model: T5ForConditionalGeneration, heads: Heads, batch: dict, *, lambda0: float,
+                 decay: float = DECAY, teacher: T5ForConditionalGeneration | None = None) -> torch.Tensor:
+    """L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1 on a sequence-to-sequence ``batch`` (chapter 6, "Medusa-2"),
+    through the body and the heads, so that training moves the body as well as the heads.
+
+    L_LM is the body's cross-entropy on the labels; with a ``teacher`` (the body as it was, frozen)
+    it is Medusa's self-distillation instead: KL(p_teacher ‖ p_body) at every labelled position,
+    which holds the body to the teacher's whole next-token distribution, not only to the labels."""
+    labels = batch["labels"]
     real = labels != -100
+    states = body_states(model, batch)
+    log_q = lm_logits(model, states)[real].log_softmax(-1)
+    if teacher is None:
+        lm = F.nll_loss(log_q, labels[real])
+    else:
+        with torch.no_grad():
+            log_p = lm_logits(teacher, body_states(teacher, batch))[real].log_softmax(-1)
+        lm = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
     return lm + lambda0 * medusa_loss(heads, states[real], head_labels(labels, heads.k)[real], decay=decay)
 
 

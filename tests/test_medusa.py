@@ -253,17 +253,52 @@ def seq2seq_batch_of(model, *, rows=3, source=7, target=9, seed=0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def medusa1_loss_of(model, heads, batch):
+    """L_MEDUSA-1 of ``heads`` on ``model``'s teacher-forced states, the engine's way."""
+    states, labels = medusa.teacher_forced_states(model, batch)
+    real = labels != -100
+    return medusa.medusa_loss(heads, states[real], medusa.head_labels(labels, heads.k)[real])
+
+
 def test_medusa2_loss_is_the_lm_loss_plus_lambda0_times_medusa1():
     model = random_t5("t5-tiny", seed=8, dtype=EXACT)
     heads = random_heads(model, k=3, seed=1)
     batch = seq2seq_batch_of(model)
-    states, labels = medusa.teacher_forced_states(model, batch)
-    real = labels != -100
-    heads_loss = medusa.medusa_loss(heads, states[real], medusa.head_labels(labels, 3)[real])
+    heads_loss = medusa1_loss_of(model, heads, batch)
     with torch.no_grad():
         torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.0), model(**batch).loss)
         torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.3),
                                    model(**batch).loss + 0.3 * heads_loss)
+
+
+def test_self_distilled_medusa2_loss_is_the_kl_to_the_teacher_plus_lambda0_times_medusa1():
+    model, teacher = random_t5("t5-tiny", seed=8, dtype=EXACT), random_t5("t5-tiny", seed=3, dtype=EXACT)
+    heads = random_heads(model, k=3, seed=1)
+    batch = seq2seq_batch_of(model)
+    heads_loss, real = medusa1_loss_of(model, heads, batch), batch["labels"] != -100
+    with torch.no_grad():
+        log_p = teacher(**batch).logits[real].log_softmax(-1)  # Hugging Face's own forward
+        log_q = model(**batch).logits[real].log_softmax(-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.4, teacher=teacher),
+                                   kl + 0.4 * heads_loss)
+        torch.testing.assert_close(medusa.medusa2_loss(model, heads, batch, lambda0=0.4, teacher=model),
+                                   0.4 * heads_loss)  # a body distilled from itself has nothing to learn
+
+
+def test_heads_past_a_short_answer_have_no_labels_and_add_nothing():
+    labels = torch.tensor([[4, 5, 1, -100], [6, 7, 8, 1]])
+    shifted = medusa.head_labels(labels, 5)  # more heads than tokens: the deep ones see only padding
+    assert shifted.shape == (2, 4, 5)
+    assert shifted[1, 0].tolist() == [7, 8, 1, -100, -100] and (shifted[:, :, 4] == -100).all()
+    model = random_t5("t5-tiny", seed=8, dtype=EXACT)
+    heads = random_heads(model, k=5, seed=1)
+    real = labels != -100
+    states = torch.randn(int(real.sum()), model.config.d_model, dtype=EXACT)
+    three = random_heads(model, k=3, seed=1)
+    three.load_state_dict({"w1": heads.w1[:3], "w2": heads.w2[:3]})
+    torch.testing.assert_close(medusa.medusa_loss(heads, states, shifted[real]),  # heads 4 and 5: no labels
+                               medusa.medusa_loss(three, states, shifted[real][:, :3]))
 
 
 def test_medusa2_trains_the_body_through_the_heads():

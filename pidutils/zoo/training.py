@@ -264,7 +264,7 @@ def train_joint(name: str, *, steps: int | None = None, device: str | None = Non
                 ) -> tuple[T5ForConditionalGeneration, PreTrainedTokenizerFast, Heads, dict]:
     """Train Medusa-2 (chapter 6): the target's body and its Medusa-1 heads together, on
     L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1 with λ_0 ramped up from 0 (:class:`pidutils.zoo.JointRecipe`),
-    on the target's training dialogues and their labels.
+    on the target's training dialogues, L_LM distilled from the frozen target (or on the labels).
 
     The body changes, so the report re-checks its JGA on the test dialogues beside the heads'
     accuracies, both measured on the weights as shipped (rounded to float16). Returns the body, its
@@ -274,6 +274,7 @@ def train_joint(name: str, *, steps: int | None = None, device: str | None = Non
     steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
     device = pick_device(device)
     model, tokenizer = load(recipe.target, device)
+    teacher = load(recipe.target, device)[0].requires_grad_(False) if recipe.distill else None
     heads = load_heads(recipe.heads, device=device)
     data = make_dataset(train=RECIPES[recipe.target].train_dialogues, seed=RECIPES[recipe.target].seed)
     predict = predictor("seq", model, tokenizer)
@@ -281,7 +282,7 @@ def train_joint(name: str, *, steps: int | None = None, device: str | None = Non
 
     def loss_fn(joint: Joint, batch: dict) -> torch.Tensor:
         lambda0 = recipe.lambda0 * min(1.0, next(step) / recipe.ramp)
-        return medusa2_loss(joint.body, joint.heads, batch, lambda0=lambda0, decay=recipe.decay)
+        return medusa2_loss(joint.body, joint.heads, batch, lambda0=lambda0, decay=recipe.decay, teacher=teacher)
 
     def validate(joint: Joint) -> dict:
         s, y = target_states(model, tokenizer, data["validation"].select(range(100)), k=heads.k)
