@@ -166,8 +166,9 @@ def body_states(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
     """A body's final hidden states (rows, n, d) on a sequence-to-sequence ``batch``, fed its labels
     shifted right, through Hugging Face's modules (differentiable, for Medusa-2's training)."""
     encoded = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return model.decoder(input_ids=model.prepare_decoder_input_ids_from_labels(batch["labels"]),
-                         encoder_hidden_states=encoded, encoder_attention_mask=batch["attention_mask"]).last_hidden_state
+    decoded = model.decoder(input_ids=model.prepare_decoder_input_ids_from_labels(batch["labels"]),
+                            encoder_hidden_states=encoded, encoder_attention_mask=batch["attention_mask"])
+    return decoded.last_hidden_state
 
 
 def medusa2_loss(model: T5ForConditionalGeneration, heads: Heads, batch: dict, *, lambda0: float,
