@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from .checks import check_int
+from .data import pid_prefix
 
 
 def tokenize_checked(tokenizer: PreTrainedTokenizerFast, texts: list[str], *, what: str, truncation: bool,
@@ -74,3 +75,9 @@ def seq2seq_batch(tokenizer: PreTrainedTokenizerFast, sources: list[str], target
     labels = tokenizer(targets, padding=True, return_tensors="pt")["input_ids"]
     labels[labels == tokenizer.pad_token_id] = -100
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    """The token ids of ``"Z_u :"`` without ``</s>``: PID's decoder prefix after the start token
+    (chapter 3), and a decoder-only model's question after the document (chapter 7)."""
+    return tokenizer(pid_prefix(prompt), add_special_tokens=False)["input_ids"]

@@ -307,3 +307,59 @@ def best_gamma(alpha: float, c: float, max_gamma: int = 64) -> int:
     """The γ in 1..max_gamma with the largest expected speed-up (the smallest such γ on a tie)."""
     check_int("max_gamma", max_gamma, 1)
     return max(range(1, max_gamma + 1), key=lambda g: (speculative_speedup(alpha, g, c), -g))
+
+
+# --- Decoder-only models: one shared prefix, U continuations (chapter 7) ------------------------------
+
+PREFIX_WAYS = ("repeated", "cached", "shared")  # the prefix prefilled U times, copied U times, held once
+
+
+@dataclass(frozen=True)
+class StepBytes:
+    """Bytes one decode step reads (every row making one token), by what they hold, and its
+    multiply-adds: the decoder-only counterpart of the PID paper's Table 1 (chapter 7)."""
+
+    weights: int
+    prefix_kv: int
+    suffix_kv: int
+    operations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.prefix_kv + self.suffix_kv
+
+
+def kv_elements(tokens: int, *, layers: int, kv_heads: int, head_dim: int) -> int:
+    """Elements of the keys and values of ``tokens`` tokens, over every layer."""
+    return 2 * layers * kv_heads * head_dim * tokens
+
+
+def prefix_kv_held(way: str, *, U: int, b: int, n_prefix: int, layers: int, kv_heads: int, head_dim: int,
+                   bytes_per_element: int = 4) -> int:
+    """Bytes of prefix keys and values a way holds for b documents of ``n_prefix`` tokens and U
+    questions each: U copies per document, except the shared way's one."""
+    check_choice("way", way, PREFIX_WAYS)
+    for name, value in (("U", U), ("b", b), ("n_prefix", n_prefix), ("layers", layers), ("kv_heads", kv_heads),
+                        ("head_dim", head_dim), ("bytes_per_element", bytes_per_element)):
+        check_int(name, value, 1)
+    copies = 1 if way == "shared" else U
+    return bytes_per_element * b * copies * kv_elements(n_prefix, layers=layers, kv_heads=kv_heads, head_dim=head_dim)
+
+
+def prefix_step_cost(way: str, *, U: int, b: int, n_prefix: int, n_suffix: int, params: int, layers: int,
+                     heads: int, kv_heads: int, head_dim: int, bytes_per_element: int = 4) -> StepBytes:
+    """One decode step of b x U rows, each with a suffix of ``n_suffix`` tokens so far (question and
+    answer) after a prefix of ``n_prefix``: the weights (``params``, read once), the prefix's K/V
+    (read once per row when each row holds a copy, once per document when shared) and each row's
+    own suffix K/V. The multiply-adds are the same for every way, ``params`` per row plus each
+    query head's scores and weighted values over prefix and suffix: sharing saves reads, not
+    arithmetic."""
+    held = prefix_kv_held(way, U=U, b=b, n_prefix=n_prefix, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+                          bytes_per_element=bytes_per_element)
+    check_int("n_suffix", n_suffix, 0)
+    check_int("params", params, 1)
+    check_int("heads", heads, kv_heads)
+    rows = b * U
+    suffix = bytes_per_element * rows * kv_elements(n_suffix, layers=layers, kv_heads=kv_heads, head_dim=head_dim)
+    operations = rows * (params + 2 * layers * heads * head_dim * (n_prefix + n_suffix))
+    return StepBytes(weights=bytes_per_element * params, prefix_kv=held, suffix_kv=suffix, operations=operations)

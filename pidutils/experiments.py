@@ -14,10 +14,11 @@ from .bench import Timing, compare, describe, peak_memory, speedup, time_fn
 from .checks import check_choice
 from .cost import Device, forward_work, speculative_speedup
 from .decode import decode_n_tokens, greedy_uncached
-from .models import pick_device, pick_dtype, random_t5, weights_per_decode_step
+from .models import pick_device, pick_dtype, random_llama, random_t5, weights_per_decode_step
 from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, flops_row, timing_row,
                           workload)
 from .pipelined import DELTA_TS
+from .prefixes import prefix_row
 from .medusa import Typical, cartesian_tree, load_heads
 from .speculative import Sampling
 
@@ -450,4 +451,36 @@ def medusa_speedups(device: torch.device, dialogues: int = 20, repeats: int = 3,
                       repeats=repeats)
     result["b8"] = {n: speedup(batched["target"], batched[n]) for n in picked}
     print("b=8 end to end: " + ", ".join(f"{n} {v:.2f}x" for n, v in result["b8"].items()))
+    return result
+
+
+@experiment("shared-prefix")
+def shared_prefix_speedups(device: torch.device, Us: tuple[int, ...] = (1, 5, 10, 30, 100),
+                           batches: tuple[int, ...] = (1, 8), repeats: int = 3) -> dict:
+    """The three ways of decoding U questions of each of b documents with a decoder-only model
+    (chapter 7), :func:`pidutils.prefixes.prefix_row` at each U and b: the shipped
+    ``prefix-llama-tiny`` on the CPU; on CUDA, random weights at the ``llama-1b`` shape in float16
+    (latency depends on shapes only), which decode all 8 answer tokens."""
+    if device.type == "cuda":
+        tokenizer = zoo.load("pid-t5-tiny")[1]
+        model, what = random_llama("llama-1b", vocab_size=len(tokenizer), device=device, dtype=pick_dtype(device)), \
+            "random llama-1b"
+    else:
+        (model, tokenizer), what = zoo.load("prefix-llama-tiny", device), "prefix-llama-tiny"
+    documents = list(zoo.test_split("prefix-llama-tiny")["dialogue"])
+    result = {"experiment": "shared-prefix", "setup": describe(device, model.dtype, model=what), "rows": []}
+    print(result["setup"])
+    for b in batches:
+        for U in Us:
+            row = prefix_row(model, tokenizer, documents[:b], U, repeats=repeats)
+            result["rows"].append(row)
+            ms = {way: row[f"{way}_s"] * 1e3 for way in ("repeated", "cached", "shared")}
+            print(f"b={b} U={U:3d}: end to end repeated {ms['repeated']:7.1f} ms, cached {ms['cached']:7.1f}, "
+                  f"shared {ms['shared']:7.1f} | shared/repeated {row['speedup_vs_repeated']:5.2f}x, "
+                  f"shared/cached {row['speedup_vs_cached']:4.2f}x | decoding phase cached "
+                  f"{row['cached_decoding_s'] * 1e3:6.1f} ms, shared {row['shared_decoding_s'] * 1e3:6.1f}: "
+                  f"{row['decoding_speedup_vs_cached']:4.2f}x (bytes a step: {row['predicted_step_ratio']:.2f}x) | "
+                  f"prefix KV held: cached {row['cached_prefix_kv_bytes'] / 2**20:.2f} MB, shared "
+                  f"{row['shared_prefix_kv_bytes'] / 2**20:.2f} MB | peak MB " + "/".join(
+                      f"{row[f'{way}_peak_bytes'] / 2**20:.1f}" for way in ("repeated", "cached", "shared")))
     return result

@@ -7,7 +7,7 @@ checkpoints live in :mod:`pidutils.zoo`.
 from __future__ import annotations
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from .checks import check_choice, check_device
 
@@ -54,6 +54,31 @@ def random_t5(shape: str = "t5-small", seed: int = 0, device: str | torch.device
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)
     return model.to(device=device, dtype=dtype).eval()
+
+
+# Llama-style decoder-only shapes (chapter 7): a tiny one for tests, and one near TinyLlama's 1.1B
+# (Zhang et al. 2024: 22 layers of width 2048, 32 query and 4 key-value heads), cut to 16 layers so
+# that a GPU benchmark of random weights shows the bandwidth regime of the prefix's KV.
+LLAMA_SHAPES: dict[str, dict[str, int]] = {
+    "llama-test": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=4),
+}
+
+
+def random_llama(shape: str, *, vocab_size: int, seed: int = 0, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, initializer_range: float = 0.5) -> LlamaForCausalLM:
+    """A Llama-style causal LM with random weights at a named shape (chapter 7), in eval mode, with
+    ``</s>`` = 1 and padding 0 as in the book's tokenizer. The wide initialisation (std 0.5) makes
+    greedy decoding produce varied tokens instead of one token repeated."""
+    check_choice("shape", shape, LLAMA_SHAPES)
+    device = check_device("device", device)
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None, initializer_range=initializer_range,
+                         attn_implementation="sdpa", **LLAMA_SHAPES[shape])
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from .batching import pad_rows, tokenize_checked, word_buckets
+from .batching import pad_rows, prompt_ids, tokenize_checked, word_buckets
 from .checks import check_choice, check_int, check_prompt_lists, check_prompts
-from .data import pid_prefix
 from .t5 import bias_table, causal_bias, check_t5, decoder_forward, encode, encoded_memory, greedy
 from .tokenizer import check_vocab
 
@@ -36,11 +35,7 @@ ANSWER_TOKENS = 8  # new tokens per answer: every slot value of the dialogue set
 
 
 # --- Step 1: the prompts as decoder prefixes --------------------------------------------------
-
-def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
-    """The token ids of ``"Z_u :"`` without ``</s>``: the decoder prefix after the start token."""
-    return tokenizer(pid_prefix(prompt), add_special_tokens=False)["input_ids"]
-
+# The token ids of "Z_u :" are pidutils.batching.prompt_ids, shared with chapter 7's questions.
 
 def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
                      prompts: Sequence[Sequence[str]], *, truncation: bool = False):

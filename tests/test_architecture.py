@@ -23,7 +23,7 @@ import pidutils
 PACKAGE = pathlib.Path(next(iter(pidutils.__path__)))
 
 # The decoding methods: siblings that never import each other. A new method joins this list.
-METHODS = ("decode", "pie", "pid", "pipelined", "speculative", "medusa")
+METHODS = ("decode", "pie", "pid", "pipelined", "speculative", "medusa", "shared_prefix")
 
 FLOORS: dict[str, int] = {
     # 1: argument checks, the papers' formulas and figures, tables
@@ -32,11 +32,11 @@ FLOORS: dict[str, int] = {
     "data": 2, "tokenizer": 2, "models": 2, "metrics": 2, "train": 2, "bench": 2, "plots": 2, "widgets": 2,
     "listing": 2, "zoo": 2,
     # 3: the engine
-    "batching": 3, "t5": 3, "sequential": 3,
+    "batching": 3, "t5": 3, "sequential": 3, "causal": 3,
     # 4: the methods
     **dict.fromkeys(METHODS, 4),
     # 5: measurements
-    "multiprompt": 5, "measure": 5, "drafts": 5, "distribution": 5, "trees": 5, "zoo.training": 5,
+    "multiprompt": 5, "measure": 5, "prefixes": 5, "drafts": 5, "distribution": 5, "trees": 5, "zoo.training": 5,
     # 6: the experiments
     "experiments": 6,
     # 7: the command lines

@@ -194,3 +194,35 @@ def test_best_gamma_by_hand():
 def test_speculative_formulas_refuse_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- Chapter 7: decoder-only, one shared prefix -------------------------------------------------------
+
+def test_prefix_step_cost_by_hand():
+    """U = 10 questions of b = 2 documents of 400 tokens, 6 tokens of suffix so far; 2 layers of
+    2 key heads of 32 dimensions (128 elements of K and V a token a layer), 1e6 weights, float32."""
+    shape = dict(U=10, b=2, n_prefix=400, n_suffix=6, params=1_000_000, layers=2, heads=4, kv_heads=2, head_dim=32)
+    per_token = 2 * 2 * 2 * 32  # K and V, 2 layers, 2 heads, 32 dims = 256 elements
+    shared, cached = cost.prefix_step_cost("shared", **shape), cost.prefix_step_cost("cached", **shape)
+    assert per_token == cost.kv_elements(1, layers=2, kv_heads=2, head_dim=32) == 256
+    assert shared.weights == cached.weights == 4_000_000
+    assert shared.prefix_kv == 4 * 2 * 400 * 256 == 819_200  # once per document
+    assert cached.prefix_kv == 10 * shared.prefix_kv == cost.prefix_step_cost("repeated", **shape).prefix_kv
+    assert shared.suffix_kv == cached.suffix_kv == 4 * 20 * 6 * 256 == 122_880
+    assert shared.operations == cached.operations == 20 * (1_000_000 + 2 * 2 * 4 * 32 * 406) == 24_157_440
+    assert shared.total == 4_000_000 + 819_200 + 122_880
+
+
+def test_prefix_kv_held_by_hand_and_bad_input():
+    assert cost.prefix_kv_held("shared", U=30, b=1, n_prefix=100, layers=4, kv_heads=2, head_dim=32,
+                               bytes_per_element=2) == 2 * 100 * 2 * 4 * 2 * 32
+    assert cost.prefix_kv_held("repeated", U=30, b=1, n_prefix=100, layers=4, kv_heads=2, head_dim=32) == \
+        30 * 4 * 100 * 2 * 4 * 2 * 32
+    with pytest.raises(ValueError, match="way"):
+        cost.prefix_kv_held("copied", U=1, b=1, n_prefix=1, layers=1, kv_heads=1, head_dim=1)
+    with pytest.raises(ValueError, match="U"):
+        cost.prefix_step_cost("shared", U=0, b=1, n_prefix=1, n_suffix=1, params=1, layers=1, heads=1, kv_heads=1,
+                              head_dim=1)
+    with pytest.raises(ValueError, match="heads"):
+        cost.prefix_step_cost("shared", U=1, b=1, n_prefix=1, n_suffix=1, params=1, layers=1, heads=1, kv_heads=2,
+                              head_dim=1)

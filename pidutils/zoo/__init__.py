@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from ..checks import check_choice, check_device
@@ -121,6 +121,34 @@ class JointRecipe:
     distill: bool = True  # L_LM as KL to the frozen target (False: cross-entropy on the labels)
 
 
+@dataclass(frozen=True)
+class CausalRecipe:
+    """How a shipped decoder-only model is made (chapter 7): a Llama-style causal LM (RMSNorm, rotary
+    positions, grouped-query attention, SwiGLU) trained from scratch on "document </s> Z_u :" -> Y_u,
+    every question of a dialogue a branch after its document (:func:`pidutils.shared_prefix.branch_rows`).
+    It reads the dialogues with ``tokenizer``'s tokenizer, and is tested on that checkpoint's test split."""
+
+    tokenizer: str = "pid-t5-tiny"
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 1024  # a 512-token document, a question and its answer fit
+    steps: int = 4000
+    batch_size: int = 8
+    lr: float = 1e-2
+    optimizer: str = "adafactor"
+    warmup: int = 300
+    seed: int = 0
+    train_dialogues: int = 20000
+    validate_every: int = 500
+    curriculum: int = 1200
+
+
+CAUSAL_RECIPES: dict[str, CausalRecipe] = {"prefix-llama-tiny": CausalRecipe()}
+
+
 # Chapter 6: Medusa heads, each a small checkpoint of its own beside the target it reads; Medusa-2's
 # also holds the body it was trained with, which it reads instead of its recipe's target.
 HEAD_RECIPES: dict[str, HeadsRecipe | JointRecipe] = {
@@ -150,7 +178,7 @@ WEAK_DRAFTS = ("seq-t5-mini",)
 
 def names() -> list[str]:
     """Every name ``load`` accepts: the shipped checkpoints, Medusa-2's bodies, then the hub models."""
-    return sorted(RECIPES) + sorted(joint_names()) + sorted(HUB_MODELS)
+    return sorted(RECIPES) + sorted(CAUSAL_RECIPES) + sorted(joint_names()) + sorted(HUB_MODELS)
 
 
 def joint_names() -> list[str]:
@@ -160,7 +188,7 @@ def joint_names() -> list[str]:
 
 def path(name: str) -> pathlib.Path:
     """The folder of a shipped checkpoint (config.json, the weights in safetensors files, tokenizer.json)."""
-    check_choice("name", name, sorted(RECIPES))
+    check_choice("name", name, sorted(RECIPES) + sorted(CAUSAL_RECIPES))
     return CHECKPOINTS / name
 
 
@@ -181,7 +209,8 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[T5ForConditiona
     if not any(folder.glob("model*.safetensors")):
         raise FileNotFoundError(f"{name} is not built; run: python -m pidutils.zoo train {name}")
     with _no_progress_bar():  # a progress-bar widget for a 10 MB file is noise in the book
-        model = T5ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        kind = LlamaForCausalLM if name in CAUSAL_RECIPES else T5ForConditionalGeneration
+        model = kind.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(folder)
 
 
@@ -270,6 +299,18 @@ def new_model(recipe: Recipe, vocab_size: int) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(config)
 
 
+def new_causal_model(recipe: CausalRecipe, vocab_size: int) -> LlamaForCausalLM:
+    """A freshly initialised Llama-style causal LM at the recipe's shape (seeded); ``</s>`` (id 1)
+    ends an answer and separates the document from the question, as in the book's tokenizer."""
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=recipe.hidden_size,
+                         intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
+                         num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+                         max_position_embeddings=recipe.max_positions, tie_word_embeddings=True,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
 def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, report: dict,
          folder: pathlib.Path | None = None) -> pathlib.Path:
     """Write a checkpoint in Hugging Face format, with its training report."""
@@ -283,10 +324,10 @@ def save(name: str, model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
 
 def test_split(name: str):
     """The test split the named checkpoint is evaluated on (its recipe's data seed and sizes)."""
-    recipe = RECIPES[check_choice("name", name, sorted(RECIPES))]
+    recipe = (RECIPES | CAUSAL_RECIPES)[check_choice("name", name, sorted(RECIPES) + sorted(CAUSAL_RECIPES))]
     return make_split("test", train=recipe.train_dialogues, seed=recipe.seed)
 
 
 def recipe_dict(name: str) -> dict:
     """A recipe as a plain dict, for the report."""
-    return asdict(RECIPES[check_choice("name", name, sorted(RECIPES))])
+    return asdict((RECIPES | CAUSAL_RECIPES)[check_choice("name", name, sorted(RECIPES) + sorted(CAUSAL_RECIPES))])

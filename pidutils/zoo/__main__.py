@@ -11,15 +11,15 @@ import pathlib
 import sys
 
 from ..drafts import DRAFTS, TARGET, record_cost_ratio
-from . import HEAD_RECIPES, RECIPES, SHARD_SIZE, JointRecipe, heads_path, recipe_dict, save
-from .training import train_checkpoint, train_heads, train_joint
+from . import CAUSAL_RECIPES, HEAD_RECIPES, RECIPES, SHARD_SIZE, JointRecipe, heads_path, recipe_dict, save
+from .training import train_causal, train_checkpoint, train_heads, train_joint
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pidutils.zoo")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="retrain a checkpoint reproducibly, from a random model or its recipe's init")
-    t.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES))
+    t.add_argument("name", choices=sorted(RECIPES) + sorted(CAUSAL_RECIPES) + sorted(HEAD_RECIPES))
     t.add_argument("--steps", type=int, default=None, help="override the recipe's step count (for Medusa-1 heads: epochs)")
     t.add_argument("--out", type=pathlib.Path, default=None, help="write here instead of the package")
     t.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         top1 = ", ".join(f"{acc[0]:.3f}" for acc in report["test_accuracy"])
         print(f"saved {args.name} to {folder}: heads' test top-1 accuracy {top1}, {report['wall_seconds']:.0f} s")
         return 0
-    model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
+    if args.name in CAUSAL_RECIPES:  # chapter 7, shipped in float16
+        model, tokenizer, result = train_causal(args.name, steps=args.steps, device=args.device)
+        model = model.half()
+    else:
+        model, tokenizer, result = train_checkpoint(args.name, steps=args.steps, device=args.device)
     result["recipe"] = recipe_dict(args.name)
     folder = save(args.name, model, tokenizer, result, args.out)
     print(f"saved {args.name} to {folder}: test JGA {result['test']['jga']:.3f}, "

@@ -30,9 +30,10 @@ from ..pid import pid_batches, pid_generate, pid_loss
 from ..pie import pie_batches, pie_generate
 from ..pipelined import pipelined_batches, pipelined_generate, pipelined_loss
 from ..sequential import sequential_batches, sequential_generate
+from ..shared_prefix import shared_prefix_batches, shared_prefix_generate, shared_prefix_loss
 from ..tokenizer import train_tokenizer
 from ..train import train
-from . import HEAD_RECIPES, RECIPES, HeadsRecipe, JointRecipe, load, new_model
+from . import CAUSAL_RECIPES, HEAD_RECIPES, RECIPES, HeadsRecipe, JointRecipe, load, new_causal_model, new_model
 
 # What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
 # add decoder blocks), and the data its tokenizer was trained on.
@@ -184,6 +185,37 @@ def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, 
     if recipe.method == "seq":
         return sequential_batches(split, tokenizer, **sizes), None
     return pie_batches(split, tokenizer, **sizes), None
+
+
+# --- Chapter 7: a decoder-only model, trained from scratch -----------------------------------------
+
+def train_causal(name: str, *, steps: int | None = None, device: str | None = None):
+    """Train the named decoder-only checkpoint (chapter 7) from a random Llama-style model, with its
+    tokenizer's dialogues, every question of a dialogue a branch after the document. The test scores
+    are measured on the weights rounded to float16, as they are shipped. Returns the model (CPU, eval,
+    float32), its tokenizer and the report dict."""
+    recipe = CAUSAL_RECIPES[check_choice("name", name, sorted(CAUSAL_RECIPES))]
+    steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
+    data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
+    _, tokenizer = load(recipe.tokenizer)
+    device = pick_device(device)
+    model = new_causal_model(recipe, len(tokenizer)).to(device)
+    params = count_parameters(model.model.layers) + model.lm_head.weight.numel()
+
+    def predict(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> list[list[str]]:
+        answers = shared_prefix_generate(model, tokenizer, documents, prompts[0])
+        return [a[:len(p)] for a, p in zip(answers, prompts)]
+
+    batches = shared_prefix_batches(data["train"], tokenizer, batch_size=recipe.batch_size, curriculum=recipe.curriculum)
+    run = train(model, batches, lambda batch: training_flops(0, params, 0, int(batch["valid"].sum())), steps=steps,
+                lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
+                validate=lambda m: evaluate(predict, data["validation"].select(range(50))),
+                validate_every=recipe.validate_every, loss_fn=shared_prefix_loss, optimizer=recipe.optimizer)
+    model = model.half().float().cpu().eval()
+    result = {"name": name, "steps": steps, "wall_seconds": run.wall_seconds, "train_flops": run.flops,
+              "final_loss": run.final_loss, "validation": run.validation, "test": evaluate(predict, data["test"]),
+              "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}"}
+    return model, tokenizer, result
 
 
 # --- Chapter 6: Medusa-1 heads on a frozen target, Medusa-2 with its body ------------------------------
