@@ -65,20 +65,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     groups = h // k.shape[1]
     scores = (q.reshape(rows, k.shape[1], groups * n, d) @ k.transpose(-1, -2)) * d ** -0.5
     scores = scores.view(rows, k.shape[1], groups, n, -1) + bias[:, :, None]
-    lse = scores.logsumexp(-1, keepdim=True)
-    out = (scores - lse).exp().flatten(2, 3) @ v
-    return out.view(rows, h, n, d), lse.view(rows, h, n, 1)
+    top = scores.amax(-1, keepdim=True)
+    weights = (scores - top).exp()  # one exponential a score: the costly part on a CPU
+    total = weights.sum(-1, keepdim=True)
+    out = (weights.flatten(2, 3) @ v).view(rows, h, n, d) / total.view(rows, h, n, 1)
+    return out, (top + total.log()).view(rows, h, n, 1)
 
 
 def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
                     lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over keys A and keys B from the two parts: each part's output weighted by its share
-    of the softmax mass, exp(lse_part - lse), with lse = log(exp(lse_a) + exp(lse_b)). Exact: it
-    equals one softmax over A and B together (chapter 7)."""
-    top = torch.maximum(lse_a, lse_b)
-    weight_a, weight_b = (lse_a - top).exp(), (lse_b - top).exp()
-    total = weight_a + weight_b
-    return (weight_a * out_a + weight_b * out_b) / total, top + total.log()
+    """Attention over keys A and keys B from the two parts (chapter 7): part A's share of the softmax
+    mass is exp(lse_a) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_a - lse_b), so the output is
+    out_b + share * (out_a - out_b), and the log-sum-exp over both is log(exp(lse_a) + exp(lse_b)).
+    Exact: it equals one softmax over A and B together, and no exponential can overflow."""
+    share = torch.sigmoid(lse_a - lse_b)
+    return torch.lerp(out_b, out_a, share), torch.logaddexp(lse_a, lse_b)
 
 
 def allowed_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -34,7 +34,8 @@ class Quote:
 
 
 PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 2025",
-          "leviathan2023fast": "Leviathan et al. 2023", "cai2024medusa": "Cai et al. 2024"}
+          "leviathan2023fast": "Leviathan et al. 2023", "cai2024medusa": "Cai et al. 2024",
+          "juravsky2024hydragen": "Juravsky et al. 2024", "ye2024cascade": "Ye et al. 2024"}
 
 _PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
 _PIPE_4090 = "one RTX 4090, batch 1"
@@ -130,6 +131,13 @@ QUOTES: dict[str, Quote] = {
                           "training (slides)", "Medusa-1: heads on a frozen body"),
     "medusa.lambda0": Quote("gradually increase λ_0", "the heads' weight in L_MEDUSA-2 = L_LM + λ_0 L_MEDUSA-1",
                             "cai2024medusa", "training (slides)", "Medusa-2: the body and the heads together"),
+    # --- Shared prefixes in decoder-only serving (chapter 7): not in the seeds; each quote names its source
+    "hydragen.throughput": Quote("up to 32×", "end-to-end throughput of shared-prefix attention over vLLM",
+                                 "juravsky2024hydragen", "abstract (arXiv 2402.05099)",
+                                 "CodeLlama-13b, long shared prefixes, large batches; growing with both"),
+    "cascade.speedup": Quote("up to 31×", "cascade (shared-prefix) batch decode attention over vLLM's PagedAttention",
+                             "ye2024cascade", "FlashInfer blog, \"Cascade Inference\" (2024-02-02)",
+                             "the attention operator alone, one H100 SXM 80GB"),
 }
 
 PAPER_CLASS = "paper"  # the HTML class of a comparison's paper column, which tests read

@@ -467,3 +467,37 @@ def candidate_tree(paths: list[tuple[int, ...]], labels: list[str], *, kinds: li
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def prefix_layouts(U: int = 3) -> plt.Figure:
+    """The KV layouts of chapter 7's three ways, for one document and U questions: the repeated prefix
+    (every row prefilled whole, U copies of the document's KV), prefix caching (one prefill, its KV
+    copied to each row, read once per row at every step) and shared-prefix attention (one copy, read
+    once for all U rows, each row's own suffix beside it). Stacked, at the page's width."""
+    fig, axes = plt.subplots(3, 1, figsize=(MAX_WIDTH_IN - 0.2, 1.0 * U + 3.6))
+    titles = ("repeated prefix: U prefills, U copies of the document's KV",
+              "prefix caching: one prefill, its KV copied to each row (read U times a step)",
+              "shared prefix: one copy, read once a step by all U rows' queries")
+    for way, (ax, title) in enumerate(zip(axes, titles)):
+        ax.set_xlim(0, 10)
+        ax.set_ylim(0, U * 0.9 + 0.2)
+        ax.axis("off")
+        ax.set_title(title, fontsize=MIN_FONT_PT + 1)
+        for u in range(U):
+            y = U * 0.9 - 0.8 - u * 0.9
+            name = f"{u + 1}" if u < U - 1 else "U"
+            if way < 2:
+                _box(ax, 0.2, y, 4.6, 0.7, "KV of $X$" + (" (prefilled)" if way == 0 else " (copy)"),
+                     "#dbe9f6" if way == 0 else "#e8eef5")
+            _box(ax, 5.0, y, 2.6, 0.7, f"KV of $Z_{name}$ : $Y_{name}$", "#d8efd3")
+            ax.text(7.8, y + 0.35, f"row {name}", va="center", fontsize=MIN_FONT_PT)
+        if way == 1:
+            _box(ax, 8.6, U * 0.45 - 0.35, 1.3, 0.7, "prefill\n$X$ once", "#f6e3c7")
+        if way == 2:
+            mid = U * 0.45 - 0.35
+            _box(ax, 0.2, mid, 4.0, 0.7, "KV of $X$, once", "#dbe9f6")
+            for u in range(U):
+                _arrow(ax, 5.0, U * 0.9 - 0.45 - u * 0.9, 4.2, mid + 0.35)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

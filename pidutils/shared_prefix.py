@@ -125,8 +125,8 @@ def shared_prefix(prefix: KVCache, prefix_valid: torch.Tensor, dtype: torch.dtyp
             keys, values = cache.write(layer, k, v)
             out_s, lse_s = attend(q, keys, values, suffix_bias)
             rows, b = q.shape[0], prefix.buffer.shape[2]
-            out_p, lse_p = attend(fold(q, b), prefix.keys[layer][:, :, :prefix.length],
-                                  prefix.values[layer][:, :, :prefix.length], prefix_bias)
+            out_p, lse_p = attend(fold(q, b), prefix.buffer[0, layer, :, :, :prefix.length],
+                                  prefix.buffer[1, layer, :, :, :prefix.length], prefix_bias)
             return merge_attention(unfold(out_p, rows), unfold(lse_p, rows), out_s, lse_s)[0]
         return attention
     return step
