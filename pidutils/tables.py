@@ -47,6 +47,7 @@ class Table:
 def table_of(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], *, caption: str = "") -> Table:
     """Result rows (dicts, as the experiments and measurements return them) as a :class:`Table`:
     ``columns`` lists ``(key, header, format)``, the format a ``format()`` spec such as ``".2f"``
-    (``""``: the value as it is). Every chapter formats its rows through it, and computes nothing."""
+    (``""``: the value as it is); a row without the key shows "–" (a way not timed in that row).
+    Every chapter formats its rows through it, and computes nothing."""
     return Table([header for _, header, _ in columns],
-                 [[format(row[key], spec) for key, _, spec in columns] for row in rows], caption)
+                 [[format(row[key], spec) if key in row else "–" for key, _, spec in columns] for row in rows], caption)

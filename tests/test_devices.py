@@ -30,7 +30,7 @@ from pidutils.models import pick_dtype, random_t5
 
 PACKAGE = pathlib.Path(next(iter(pidutils.__path__)))
 # Loaders build or load their models on the device they are given; the CPU is their documented default.
-LOADERS = {"pidutils.models.random_t5", "pidutils.zoo.load", "pidutils.measure.load_testbed",
+LOADERS = {"pidutils.models.random_t5", "pidutils.models.random_llama", "pidutils.zoo.load", "pidutils.measure.load_testbed",
            "pidutils.drafts.load_speculative", "pidutils.drafts.record_cost_ratio",
            "pidutils.medusa.load_heads", "pidutils.trees.load_medusa", "pidutils.zoo.load_body"}
 FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.rand,

@@ -35,11 +35,11 @@ def comparison_cells(path: pathlib.Path) -> list[dict]:
     return found
 
 
-COMPARED = [p for p in NOTEBOOKS if p.name[:2] in ("02", "03", "04", "05", "06")]  # the chapters that quote papers
+COMPARED = [p for p in NOTEBOOKS if p.name[:2] in ("02", "03", "04", "05", "06", "07")]  # the chapters that quote papers
 
 
 def test_the_chapters_that_quote_papers_are_all_checked():
-    assert len(COMPARED) == 5
+    assert len(COMPARED) == 6
 
 
 @pytest.mark.parametrize("path", COMPARED, ids=lambda p: p.stem)
@@ -95,3 +95,9 @@ def test_a_listing_drops_docstrings_and_argument_checks():
         teaching_source(_example, max_lines=2)
     with pytest.raises(ValueError, match="objs"):
         listing()
+
+
+def test_table_of_formats_rows_and_marks_a_missing_key():
+    from pidutils.tables import table_of
+    table = table_of([{"b": 1, "x": 0.5}, {"b": 8}], [("b", "b", "d"), ("x", "x", ".2f")])
+    assert table.rows == [["1", "0.50"], ["8", "–"]]

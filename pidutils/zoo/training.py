@@ -190,8 +190,9 @@ def training_batches(recipe: Recipe, split, tokenizer: PreTrainedTokenizerFast, 
 # --- Chapter 7: a decoder-only model, trained from scratch -----------------------------------------
 
 def train_causal(name: str, *, steps: int | None = None, device: str | None = None):
-    """Train the named decoder-only checkpoint (chapter 7) from a random Llama-style model, with its
-    tokenizer's dialogues, every question of a dialogue a branch after the document. The test scores
+    """Train the named decoder-only checkpoint (chapter 7) from a random Llama-style model, or on from
+    the shipped one its recipe names as ``init``, with its tokenizer's dialogues, every question of a
+    dialogue a branch after the document. The test scores
     are measured on the weights rounded to float16, as they are shipped. Returns the model (CPU, eval,
     float32), its tokenizer and the report dict."""
     recipe = CAUSAL_RECIPES[check_choice("name", name, sorted(CAUSAL_RECIPES))]
@@ -199,7 +200,7 @@ def train_causal(name: str, *, steps: int | None = None, device: str | None = No
     data = make_dataset(train=recipe.train_dialogues, seed=recipe.seed)
     _, tokenizer = load(recipe.tokenizer)
     device = pick_device(device)
-    model = new_causal_model(recipe, len(tokenizer)).to(device)
+    model = (load(recipe.init)[0] if recipe.init else new_causal_model(recipe, len(tokenizer))).to(device)
     params = count_parameters(model.model.layers) + model.lm_head.weight.numel()
 
     def predict(documents: Sequence[str], prompts: Sequence[Sequence[str]]) -> list[list[str]]:
