@@ -69,6 +69,20 @@ def test_decode_cache_experiment_reports_a_speedup(capsys):
     assert f"({result['cached_tokens_per_s']:.0f} generated tokens/s" in out
 
 
+def test_shared_prefix_experiment_times_the_repeated_prefix_only_up_to_its_row_limit(capsys):
+    """``bench shared-prefix`` on the shipped prefix-llama-tiny, two points: the repeated prefix is
+    timed at 2 x 2 sequences and left out at 2 x 60, above ``REPEATED_ROWS``; every row is printed."""
+    import torch
+    from pidutils.experiments import REPEATED_ROWS, shared_prefix_speedups
+    result = shared_prefix_speedups(torch.device("cpu"), Us=(2, 60), batches=(2,), repeats=1)
+    small, large = result["rows"]
+    assert (small["U"], small["b"], large["U"]) == (2, 2, 60) and 2 * 60 > REPEATED_ROWS
+    assert "repeated_s" in small and "repeated_s" not in large
+    assert large["cached_prefix_kv_bytes"] == 60 * large["shared_prefix_kv_bytes"]
+    out = capsys.readouterr().out
+    assert "prefix-llama-tiny" in result["setup"] and out.count("b=2 U=") == 2 and "repeated" in out.splitlines()[1]
+
+
 def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
     import torch
     roof = bench.measure_device("cpu", size=256, megabytes=32)

@@ -16,9 +16,9 @@ import random
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from pidutils import drafts, measure, metrics, pid, t5, zoo
+from pidutils import drafts, measure, metrics, pid, shared_prefix, t5, zoo
 from pidutils.bench import compare
 from pidutils.cost import training_flops
 from pidutils.data import make_split
@@ -57,6 +57,42 @@ def test_checkpoint_loads_with_plain_from_pretrained(name):
     assert {k: getattr(model.config, k) for k in SHAPE} == {k: getattr(recipe, k) for k in SHAPE}
     assert count_parameters(model) == count_parameters(zoo.new_model(recipe, model.config.vocab_size))
     assert report["steps"] == recipe.steps
+
+
+CAUSAL_SHAPE = {"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+                "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
+                "num_key_value_heads": "num_kv_heads", "max_position_embeddings": "max_positions"}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.CAUSAL_RECIPES))
+def test_decoder_only_checkpoint_loads_with_plain_from_pretrained(name):
+    """Chapter 7's models: plain Llama checkpoints of their recipe's shape, with their reports."""
+    model = LlamaForCausalLM.from_pretrained(zoo.path(name))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(zoo.path(name))
+    check_vocab(tokenizer, model)
+    recipe, report = zoo.CAUSAL_RECIPES[name], zoo.train_report(name)
+    assert report["recipe"] == zoo.recipe_dict(name)
+    assert {"steps", "wall_seconds", "train_flops", "machine", "validation", "test"} <= set(report)
+    assert {k: getattr(model.config, k) for k in CAUSAL_SHAPE} == {k: getattr(recipe, v)
+                                                                   for k, v in CAUSAL_SHAPE.items()}
+    assert count_parameters(model) == count_parameters(zoo.new_causal_model(recipe, model.config.vocab_size))
+    assert report["steps"] == recipe.steps
+
+
+def test_the_decoder_only_model_meets_the_jga_target_on_the_test_split():
+    """prefix-llama-tiny, answered the shared-prefix way on its first 40 test dialogues: JGA at least
+    0.90, and no more wrong dialogues or slots than its report counts on the whole split (chapter 7
+    re-evaluates all 200)."""
+    name, n = "prefix-llama-tiny", 40
+    model, tokenizer = zoo.load(name)
+    split = zoo.test_split(name).select(range(n))
+    score = metrics.evaluate(
+        lambda docs, prompts: shared_prefix.shared_prefix_generate(model, tokenizer, docs, prompts[0]), split)
+    report, slots = zoo.train_report(name)["test"], len(split[0]["slots"])
+    assert score["jga"] >= 0.90
+    assert round((1 - score["jga"]) * n) <= round((1 - report["jga"]) * TEST_DIALOGUES)
+    wrong_slots = round((1 - report["slot_accuracy"]) * TEST_DIALOGUES * slots)
+    assert round((1 - score["slot_accuracy"]) * n * slots) <= wrong_slots
 
 
 def test_all_checkpoints_together_stay_under_60_mb():
