@@ -66,10 +66,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     scores = (q.reshape(rows, k.shape[1], groups * n, d) @ k.transpose(-1, -2)) * d ** -0.5
     scores = scores.view(rows, k.shape[1], groups, n, -1) + bias[:, :, None]
     top = scores.amax(-1, keepdim=True)
-    # One exponential a score, the costly part on a CPU. Scores more than 80 below their row's largest
-    # are raised to 80 below first: their weight e^-80 (2e-35) vanishes beside the largest one's 1 in
-    # float32 anyway, while the exponential of anything lower (a masked key's score is -3.4e38) falls
-    # into the subnormal range, which costs a CPU 20 to 50 times more per score.
+    # One exponential a score, the costly part on a CPU. Below -80 (a masked key's -3.4e38) exp is
+    # subnormal or 0, and 20-50x slower there; e^-80 = 2e-35 is as good as 0 beside the top's e^0 = 1.
     weights = (scores - top).clamp_min_(-80.0).exp_()
     total = weights.sum(-1, keepdim=True)
     out = (weights.flatten(2, 3) @ v).view(rows, h, n, d) / total.view(rows, h, n, 1)

@@ -134,9 +134,11 @@ def shared_prefix(prefix: KVCache, prefix_valid: torch.Tensor, dtype: torch.dtyp
 
 def copied_prefix(prefix: KVCache, U: int, capacity: int) -> KVCache:
     """The cached way's cache: the prefix's KV copied into each of the U rows of its document."""
-    cache = KVCache(prefix.buffer.new_zeros((*prefix.buffer.shape[:2], prefix.buffer.shape[2] * U,
-                                             *prefix.buffer.shape[3:4], capacity, prefix.buffer.shape[5])))
-    cache.buffer[:, :, :, :, :prefix.length] = prefix.buffer[:, :, :, :, :prefix.length].repeat_interleave(U, dim=2)
+    layers, kv, b, heads, _, d = prefix.buffer.shape
+    cache = KVCache(prefix.buffer.new_zeros((layers, kv, b * U, heads, capacity, d)))
+    by_document = cache.buffer.view(layers, kv, b, U, heads, capacity, d)  # a document's U rows together
+    n = prefix.length
+    by_document[:, :, :, :, :, :n] = prefix.buffer[:, :, :, None, :, :n]  # broadcast: no temporary copy
     cache.length = prefix.length
     return cache
 
