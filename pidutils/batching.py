@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .checks import check_int
+from .checks import check_int, check_prompt_lists
 from .data import pid_prefix
 
 
@@ -81,3 +81,43 @@ def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
     """The token ids of ``"Z_u :"`` without ``</s>``: PID's decoder prefix after the start token
     (chapter 3), and a decoder-only model's question after the document (chapter 7)."""
     return tokenizer(pid_prefix(prompt), add_special_tokens=False)["input_ids"]
+
+
+def split_answers(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor,
+                  prompts: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Decode (b*U, steps) ids into each document's answers, dropping the padding prompts."""
+    check_prompt_lists(prompts)
+    texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    U = len(texts) // len(prompts)
+    return [texts[i * U:i * U + len(ps)] for i, ps in enumerate(prompts)]
+
+
+def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, *, batch_size: int = 8,
+                curriculum: int = 0) -> Callable[[random.Random], dict]:
+    """Training batches for PID: dialogues of similar length, each with all its slots as prompts.
+
+    Each decoder row is ``<start> Z_u : Y_u </s>``, right-padded; ``labels`` holds the next token
+    on the answer and ``</s>`` positions and -100 elsewhere (prompt and padding), so the loss is on
+    the answers only. Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train` with
+    :func:`pid_loss`.
+    """
+    check_int("batch_size", batch_size, 1)
+    dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
+    draw = word_buckets(dialogues, batch_size=batch_size, curriculum=curriculum)
+    start, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
+
+    def next_batch(rng) -> dict:
+        picked = draw(rng)
+        rows, targets = [], []
+        for i in picked:
+            for slot, value in zip(slots[i], values[i]):
+                prefix = [start] + prompt_ids(tokenizer, slot)
+                answer = tokenizer(value, add_special_tokens=False)["input_ids"] + [eos]
+                rows.append(prefix + answer[:-1])
+                targets.append([-100] * (len(prefix) - 1) + answer)
+        ids, labels = torch.tensor(pad_rows(rows, pad)), torch.tensor(pad_rows(targets, -100))
+        enc = tokenizer([dialogues[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "decoder_input_ids": ids, "labels": labels}
+
+    return next_batch

@@ -363,3 +363,25 @@ def prefix_step_cost(way: str, *, U: int, b: int, n_prefix: int, n_suffix: int, 
     suffix = bytes_per_element * rows * kv_elements(n_suffix, layers=layers, kv_heads=kv_heads, head_dim=head_dim)
     operations = rows * (params + 2 * layers * heads * head_dim * (n_prefix + n_suffix))
     return StepBytes(weights=bytes_per_element * params, prefix_kv=held, suffix_kv=suffix, operations=operations)
+
+
+# --- An encoder-decoder's memory, whole or compressed to k vectors (chapters 3 and 8) -------------------
+
+def memory_held(*, b: int, n_memory: int, layers: int, heads: int, head_dim: int, bytes_per_element: int = 4) -> int:
+    """Bytes of the cross-attention keys and values of b documents of ``n_memory`` vectors each (n_s
+    encoder states, or k summary vectors), over every decoder layer: what PID holds, once per document."""
+    for name, value in (("b", b), ("n_memory", n_memory), ("layers", layers), ("heads", heads),
+                        ("head_dim", head_dim), ("bytes_per_element", bytes_per_element)):
+        check_int(name, value, 1)
+    return bytes_per_element * b * kv_elements(n_memory, layers=layers, kv_heads=heads, head_dim=head_dim)
+
+
+def memory_step_cost(*, U: int, b: int, n_memory: int, n_self: int, params: int, layers: int, heads: int,
+                     head_dim: int, bytes_per_element: int = 4) -> StepBytes:
+    """One PID decode step of b x U rows over a memory of ``n_memory`` vectors per document, each row
+    with ``n_self`` decoder tokens so far. PID reads each document's memory once for its U prompts,
+    which is chapter 7's shared prefix: :func:`prefix_step_cost` with the memory as the prefix
+    (``prefix_kv``), the decoder's own keys and values as the suffix, and ``params`` the weights a
+    decoder step reads. Compressing the memory to k vectors shrinks ``prefix_kv`` n_s/k times."""
+    return prefix_step_cost("shared", U=U, b=b, n_prefix=n_memory, n_suffix=n_self, params=params, layers=layers,
+                            heads=heads, kv_heads=heads, head_dim=head_dim, bytes_per_element=bytes_per_element)

@@ -12,13 +12,17 @@ import torch
 from . import drafts, measure, trees, zoo
 from .bench import Timing, compare, describe, peak_memory, speedup, time_fn
 from .checks import check_choice
-from .cost import Device, forward_work, speculative_speedup
+from .compression import load_compressor
+from .cost import Device, forward_work, memory_held, speculative_speedup
 from .decode import decode_n_tokens, greedy_uncached
+from .metrics import evaluate
 from .models import pick_device, pick_dtype, random_llama, random_t5, weights_per_decode_step
+from .pid import pid_generate
 from .multiprompt import (EVERY_METHOD, LOOP_METHODS, REFERENCE, answer_fn, encoder_tokens, flops_row, timing_row,
                           workload)
 from .pipelined import DELTA_TS
 from .prefixes import prefix_row
+from .memories import memory_row, memory_shape, quality_by_k, slots_lost
 from .shared_prefix import WAYS
 from .medusa import Typical, cartesian_tree, load_heads
 from .speculative import Sampling
@@ -489,4 +493,51 @@ def shared_prefix_speedups(device: torch.device, Us: tuple[int, ...] = (1, 5, 10
                   f"prefix KV cached {row['cached_prefix_kv_bytes'] / 2**20:.2f} MB, shared "
                   f"{row['shared_prefix_kv_bytes'] / 2**20:.2f} MB (predicted {row['shared_prefix_kv_predicted'] / 2**20:.2f})"
                   f" | peak MB " + "/".join(f"{way} {row[f'{way}_peak_bytes'] / 2**20:.1f}" for way in ways))
+    return result
+
+
+COMPRESSORS = {"ce": "compress-ce-pid-t5-tiny", "kl": "compress-kl-pid-t5-tiny"}  # chapter 8's, by objective
+KEPT_DOCUMENTS = 10_000  # a store of encoded documents, for a reader who encodes once and asks many times
+
+
+@experiment("compression")
+def compression_tradeoff(device: torch.device, ks: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64),
+                         timed_ks: tuple[int, ...] = (4, 16, 32, 64), U: int = 30, b: int = 8, dialogues: int = 200,
+                         repeats: int = 3) -> dict:
+    """Chapter 8: each shipped compressor's JGA, slot accuracy and slots lost against k on the first
+    ``dialogues`` test dialogues, beside uncompressed PID; then PID over the whole memory and over k
+    vectors (the cross-entropy compressor) at U prompts of b documents, timed end to end and in the
+    decoding phase with the cost model's ratio beside it, and the memories' bytes, per batch and for
+    :data:`KEPT_DOCUMENTS` documents kept encoded."""
+    model, tokenizer = zoo.load("pid-t5-tiny", device)
+    split = zoo.test_split("pid-t5-tiny").select(range(dialogues))
+    compressors = {objective: load_compressor(name, model) for objective, name in COMPRESSORS.items()}
+    result = {"experiment": "compression", "setup": describe(device, model.dtype, model="pid-t5-tiny"),
+              "pid": evaluate(lambda docs, prompts: pid_generate(model, tokenizer, docs, prompts), split)}
+    print(result["setup"])
+    print(f"uncompressed PID on {dialogues} test dialogues: JGA {result['pid']['jga']:.3f}, slot accuracy "
+          f"{result['pid']['slot_accuracy']:.4f}")
+    for objective, compressor in compressors.items():
+        rows = quality_by_k(model, tokenizer, compressor, split, ks)
+        result[objective] = {"quality": rows, "slots_lost": slots_lost(rows)}
+        print(f"{COMPRESSORS[objective]}: " + ", ".join(f"k={r['k']} JGA {r['jga']:.3f}/{r['slot_accuracy']:.3f}"
+                                                       for r in rows))
+        print("  slots lost first (largest k below 95% accuracy): "
+              + ", ".join(f"{slot} at {k}" for slot, k in result[objective]["slots_lost"][:6]))
+    documents = list(split["dialogue"][:b])
+    result["timed"] = [memory_row(model, tokenizer, compressors["ce"], documents, U=U, k=k, repeats=repeats)
+                       for k in timed_ks]
+    for row in result["timed"]:
+        print(f"U={U} b={b} k={row['k']:2d} (n_s {row['n_s']}): decoding phase PID "
+              f"{row['pid_decoding_s'] * 1e3:6.1f} ms, "
+              f"compressed {row['compressed_decoding_s'] * 1e3:6.1f} ms, {row['decoding_speedup']:.2f}x (bytes a step "
+              f"{row['predicted_step_ratio']:.2f}x); end to end {row['speedup']:.2f}x | memory "
+              f"{row['pid_memory_bytes'] / 2**20:.2f} MB -> {row['compressed_memory_bytes'] / 2**20:.3f} MB")
+    n_s = round(sum(len(ids) for ids in tokenizer(list(split["dialogue"]))["input_ids"]) / dialogues)
+    kept = {"n_s": n_s, "uncompressed": memory_held(b=KEPT_DOCUMENTS, n_memory=n_s, **memory_shape(model))}
+    kept |= {f"k={k}": memory_held(b=KEPT_DOCUMENTS, n_memory=k, **memory_shape(model)) for k in ks}
+    result["kept_documents"] = kept
+    print(f"{KEPT_DOCUMENTS:,} documents kept encoded (cross-attention K/V, float32): uncompressed (mean n_s {n_s}) "
+          f"{kept['uncompressed'] / 2**30:.2f} GiB; " + ", ".join(f"k={k} {kept[f'k={k}'] / 2**20:.0f} MiB"
+                                                                 for k in timed_ks))
     return result

@@ -35,7 +35,8 @@ class Quote:
 
 PAPERS = {"lu2024encode": "Lu et al. 2024", "huang2025pipelined": "Huang et al. 2025",
           "leviathan2023fast": "Leviathan et al. 2023", "cai2024medusa": "Cai et al. 2024",
-          "juravsky2024hydragen": "Juravsky et al. 2024", "ye2024cascade": "Ye et al. 2024"}
+          "juravsky2024hydragen": "Juravsky et al. 2024", "ye2024cascade": "Ye et al. 2024",
+          "wingate2022prompt": "Wingate et al. 2022", "chevalier2023adapting": "Chevalier et al. 2023"}
 
 _PID_A100 = "T5-base, MultiWOZ 2.4, U = 30, NVIDIA A100"
 _PIPE_4090 = "one RTX 4090, batch 1"
@@ -138,6 +139,21 @@ QUOTES: dict[str, Quote] = {
     "cascade.speedup": Quote("up to 31×", "cascade (shared-prefix) batch decode attention over vLLM's PagedAttention",
                              "ye2024cascade", "FlashInfer blog, \"Cascade Inference\" (2024-02-02)",
                              "the attention operator alone, one H100 SXM 80GB"),
+    # --- Prompt compression (chapter 8): the lecture slides on Wingate et al. and AutoCompressors
+    "wingate.retained": Quote("falls as the prompt is compressed harder", "information a soft prompt keeps of its "
+                              "hard prompt (each token's likelihood scaled: hard prompt 1, no prompt 0)",
+                              "wingate2022prompt", "Figure 4 (slides)", "GPT-2 models, reconstructing the passage"),
+    "autocompressor.context": Quote("6,144 tokens in 50 × 3 = 150 summary vectors",
+                                    "context an AutoCompressor reads as summary vectors", "chevalier2023adapting",
+                                    "Table 1 (slides)", "OPT-2.7B"),
+    "autocompressor.perplexity": Quote("5.93 against 6.28 (−5.6%)",
+                                       "held-out perplexity in domain, 6,144 context tokens as summary vectors "
+                                       "against the fine-tuned OPT without context", "chevalier2023adapting",
+                                       "Table 1 (slides)", "OPT-2.7B"),
+    "autocompressor.fused": Quote("1.7×", "throughput of fused summaries (top-10 passages of 512 tokens as 50 summary "
+                                  "vectors each) over REPLUG top-2 with the 512-token passages, at a better perplexity "
+                                  "gain (3.74% against 2.24%)", "chevalier2023adapting", "Table 5 (slides)",
+                                  "OPT-2.7B, one NVIDIA A100, no batching"),
 }
 
 PAPER_CLASS = "paper"  # the HTML class of a comparison's paper column, which tests read

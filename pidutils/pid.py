@@ -14,54 +14,31 @@ Hugging Face ``generate`` on the copied encoder states.
 
 The decoder pass is written out once, with the model's own weights, in :mod:`pidutils.t5`, which
 the pipelined and speculative decoders of chapters 4 and 5 share; this module adds what is PID's
-own: the prompts as decoder prefixes, the loop over steps, and the training batches.
+own: the request's checks, the loop over steps, the reference and the training loss. The prompts as
+decoder prefixes (:func:`pidutils.t5.decoder_prefixes`) and the training batches
+(:func:`pidutils.batching.pid_batches`) are in the engine too, since chapter 8's compressed memory
+is decoded and trained the same way; they are re-exported here.
 """
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from .batching import pad_rows, prompt_ids, tokenize_checked, word_buckets
-from .checks import check_choice, check_int, check_prompt_lists, check_prompts
-from .t5 import bias_table, causal_bias, check_t5, decoder_forward, encode, encoded_memory, greedy
+from .batching import pid_batches, prompt_ids, split_answers, tokenize_checked  # noqa: F401 (re-exported)
+from .checks import check_choice, check_int, check_prompts
+from .t5 import bias_table, causal_bias, check_t5, decoder_forward, decoder_prefixes, encode, encoded_memory, greedy
 from .tokenizer import check_vocab
 
 ANSWER_TOKENS = 8  # new tokens per answer: every slot value of the dialogue set fits
 
 
 # --- Step 1: the prompts as decoder prefixes --------------------------------------------------
-# The token ids of "Z_u :" are pidutils.batching.prompt_ids, shared with chapter 7's questions.
-
-def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
-                     prompts: Sequence[Sequence[str]], *, truncation: bool = False):
-    """Left-padded decoder prefixes ``<start> Z_u :`` for every prompt, U padded to the largest U.
-
-    Returns ``(ids, mask, U)``: ``ids`` and ``mask`` have shape ``(b * U, P)``, rows grouped by
-    document; documents with fewer prompts are padded with copies of their first prompt, whose
-    answers are dropped. Left padding makes every row's next token land in the same column.
-    """
-    check_prompt_lists(prompts)
-    limit = tokenizer.model_max_length
-    U = max(len(ps) for ps in prompts)
-    start = model.config.decoder_start_token_id
-    rows = []
-    for ps in prompts:
-        for p in list(ps) + [ps[0]] * (U - len(ps)):
-            ids = prompt_ids(tokenizer, p)
-            if len(ids) + 1 > limit:
-                if not truncation:
-                    raise ValueError(f"each prompt must be at most {limit - 1} tokens (the model's limit) "
-                                     f"unless truncation=True; {p[:40]!r}... has {len(ids)}")
-                ids = ids[:limit - 1]
-            rows.append([start] + ids)
-    ids = torch.tensor(pad_rows(rows, tokenizer.pad_token_id, left=True), device=model.device)
-    mask = torch.tensor(pad_rows([[True] * len(r) for r in rows], False, left=True), device=model.device)
-    return ids, mask, U
+# "<start> Z_u :", left-padded (t5.decoder_prefixes): shared with chapter 8's compressed memory; the
+# token ids of "Z_u :" are pidutils.batching.prompt_ids, shared with chapter 7's questions too.
 
 
 # --- Steps 2 and 3: encode once, and decode with folded cross-attention ----------------------------
@@ -99,15 +76,6 @@ def pid_generate_ids(model: T5ForConditionalGeneration, tokenizer: PreTrainedTok
     return (tokens, scores) if return_scores else tokens
 
 
-def split_answers(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor,
-                  prompts: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Decode (b*U, steps) ids into each document's answers, dropping the padding prompts."""
-    check_prompt_lists(prompts)
-    texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    U = len(texts) // len(prompts)
-    return [texts[i * U:i * U + len(ps)] for i, ps in enumerate(prompts)]
-
-
 def pid_generate(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
                  documents: Sequence[str], prompts: Sequence[Sequence[str]], *, max_new_tokens: int = ANSWER_TOKENS,
                  cross: str = "shared", truncation: bool = False) -> list[list[str]]:
@@ -139,37 +107,6 @@ def pid_reference(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokeni
 
 
 # --- Training: the encoder once per dialogue, the loss on the answers only ----------------------
-
-def pid_batches(split, tokenizer: PreTrainedTokenizerFast, model: T5ForConditionalGeneration, *, batch_size: int = 8,
-                curriculum: int = 0) -> Callable[[random.Random], dict]:
-    """Training batches for PID: dialogues of similar length, each with all its slots as prompts.
-
-    Each decoder row is ``<start> Z_u : Y_u </s>``, right-padded; ``labels`` holds the next token
-    on the answer and ``</s>`` positions and -100 elsewhere (prompt and padding), so the loss is on
-    the answers only. Returns ``next_batch(rng) -> dict`` for :func:`pidutils.train.train` with
-    :func:`pid_loss`.
-    """
-    check_int("batch_size", batch_size, 1)
-    dialogues, slots, values = split["dialogue"], split["slots"], split["values"]
-    draw = word_buckets(dialogues, batch_size=batch_size, curriculum=curriculum)
-    start, eos, pad = model.config.decoder_start_token_id, model.config.eos_token_id, tokenizer.pad_token_id
-
-    def next_batch(rng) -> dict:
-        picked = draw(rng)
-        rows, targets = [], []
-        for i in picked:
-            for slot, value in zip(slots[i], values[i]):
-                prefix = [start] + prompt_ids(tokenizer, slot)
-                answer = tokenizer(value, add_special_tokens=False)["input_ids"] + [eos]
-                rows.append(prefix + answer[:-1])
-                targets.append([-100] * (len(prefix) - 1) + answer)
-        ids, labels = torch.tensor(pad_rows(rows, pad)), torch.tensor(pad_rows(targets, -100))
-        enc = tokenizer([dialogues[i] for i in picked], padding=True, truncation=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "decoder_input_ids": ids, "labels": labels}
-
-    return next_batch
-
 
 def pid_loss(model: T5ForConditionalGeneration, batch: dict) -> torch.Tensor:
     """Cross-entropy on the answer tokens; one encoding per dialogue receives every prompt's gradient."""

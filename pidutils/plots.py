@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
+from .checks import check_int
 from .cost import Device, attainable_flops
 
 PNG_DPI = 100
@@ -498,6 +499,82 @@ def prefix_layouts(U: int = 3) -> plt.Figure:
             _box(ax, 0.2, mid, 4.0, 0.7, "KV of $X$, once", "#dbe9f6")
             for u in range(U):
                 _arrow(ax, 5.0, U * 0.9 - 0.45 - u * 0.9, 4.2, mid + 0.35)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def compression_layouts(U: int = 3, *, n_s: int = 320, k: int = 16) -> plt.Figure:
+    """Chapter 8's memory before and after: PID's U prompt rows cross-attending to the document's
+    n_s encoder states, then to k summary vectors, the encoder's outputs at k summary tokens put in
+    front of the document (each memory's width drawn to scale)."""
+    check_int("U", U, 1, 6)
+    check_int("k", k, 1, n_s)
+    fig, axes = plt.subplots(2, 1, figsize=(MAX_WIDTH_IN - 0.2, 1.0 * U + 3.4))
+    titles = (f"PID: every step of every prompt reads all n_s = {n_s} encoder states",
+              f"compressed: the decoder reads k = {k} summary vectors, n_s / k = {n_s / k:.0f}× fewer")
+    for ax, title, n in zip(axes, titles, (n_s, k)):
+        ax.set_xlim(0, 10)
+        ax.set_ylim(0, U * 0.9 + 0.4)
+        ax.axis("off")
+        ax.set_title(title, fontsize=MIN_FONT_PT + 1)
+        mid = U * 0.45 - 0.15
+        width = 4.4 * n / n_s
+        _box(ax, 0.2, mid, max(width, 0.35), 0.7, "" if n < n_s else f"{n} states of $X$",
+             "#dbe9f6" if n == n_s else "#f6e3c7")
+        if n < n_s:
+            ax.text(0.2, mid - 0.2, f"{n} summary vectors of $X$", va="top", fontsize=MIN_FONT_PT)
+        for u in range(U):
+            name = f"{u + 1}" if u < U - 1 else "U"
+            y = U * 0.9 - 0.6 - u * 0.9
+            _box(ax, 6.2, y, 2.4, 0.7, f"<s> $Z_{name}$ : $Y_{name}$", "#d8efd3")
+            ax.text(8.75, y + 0.35, f"prompt {name}", va="center", fontsize=MIN_FONT_PT)
+            _arrow(ax, 6.2, y + 0.35, 0.25 + max(width, 0.35), mid + 0.35)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def slot_heatmap(rows: list[dict], title: str = "") -> plt.Figure:
+    """Each slot's accuracy (a column per k, from :func:`pidutils.memories.quality_by_k`), slots
+    sorted by their accuracy at the smallest k, worst first: chapter 8's counterpart of Wingate et
+    al.'s Figure 4, information kept as the memory is compressed harder."""
+    if not rows:
+        raise ValueError("rows must hold at least one k")
+    rows = sorted(rows, key=lambda r: r["k"])
+    slots = sorted(rows[0]["slots"], key=lambda s: (rows[0]["slots"][s], s))
+    grid = [[row["slots"][s] for row in rows] for s in slots]
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN - 0.2, 0.22 * len(slots) + 1.4))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(rows)), [str(r["k"]) for r in rows], fontsize=MIN_FONT_PT)
+    ax.set_yticks(range(len(slots)), slots, fontsize=MIN_FONT_PT)
+    ax.set_xlabel("k, summary vectors per document", fontsize=MIN_FONT_PT)
+    ax.set_title(title, fontsize=MIN_FONT_PT + 1)
+    fig.colorbar(image, ax=ax, label="slot accuracy").ax.tick_params(labelsize=MIN_FONT_PT)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def k_curves(curves: dict[str, dict[int, float]], *, ylabel: str, title: str = "",
+             target: float | None = None) -> plt.Figure:
+    """One line per named curve of a score against k, the summary vectors per document, on a log2
+    axis (chapter 8: each compressor's JGA and slot accuracy against k), with an optional target line."""
+    if not curves:
+        raise ValueError("curves must name at least one curve")
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for name, points in curves.items():
+        ks = sorted(points)
+        ax.plot(ks, [points[k] for k in ks], "o-", label=name)
+    if target is not None:
+        ax.axhline(target, ls="--", c="gray", lw=1, label=f"target {target:.2f}")
+    ax.set_xscale("log", base=2)
+    ks = sorted({k for points in curves.values() for k in points})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set(xlabel="k, summary vectors per document", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=MIN_FONT_PT)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from .batching import tokenize_checked
-from .checks import check_int
+from .batching import pad_rows, prompt_ids, tokenize_checked
+from .checks import check_int, check_prompt_lists
 
 
 def check_t5(model) -> None:
@@ -121,6 +121,34 @@ def document_memory(model: T5ForConditionalGeneration, tokenizer: PreTrainedToke
     enc = tokenize_checked(tokenizer, list(documents), what="each document", truncation=truncation,
                            device=model.device)
     return encoded_memory(model, enc["input_ids"], enc["attention_mask"], copies=copies)
+
+
+def decoder_prefixes(model: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerFast,
+                     prompts: Sequence[Sequence[str]], *, truncation: bool = False):
+    """Left-padded decoder prefixes ``<start> Z_u :`` for every prompt, U padded to the largest U: the
+    prompts in the decoder, as PID (chapter 3) and compressed-memory decoding (chapter 8) put them.
+
+    Returns ``(ids, mask, U)``: ``ids`` and ``mask`` have shape ``(b * U, P)``, rows grouped by
+    document; documents with fewer prompts are padded with copies of their first prompt, whose
+    answers are dropped. Left padding makes every row's next token land in the same column.
+    """
+    check_prompt_lists(prompts)
+    limit = tokenizer.model_max_length
+    U = max(len(ps) for ps in prompts)
+    start = model.config.decoder_start_token_id
+    rows = []
+    for ps in prompts:
+        for p in list(ps) + [ps[0]] * (U - len(ps)):
+            ids = prompt_ids(tokenizer, p)
+            if len(ids) + 1 > limit:
+                if not truncation:
+                    raise ValueError(f"each prompt must be at most {limit - 1} tokens (the model's limit) "
+                                     f"unless truncation=True; {p[:40]!r}... has {len(ids)}")
+                ids = ids[:limit - 1]
+            rows.append([start] + ids)
+    ids = torch.tensor(pad_rows(rows, tokenizer.pad_token_id, left=True), device=model.device)
+    mask = torch.tensor(pad_rows([[True] * len(r) for r in rows], False, left=True), device=model.device)
+    return ids, mask, U
 
 
 def fold(q: torch.Tensor, rows: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import pidutils
 PACKAGE = pathlib.Path(next(iter(pidutils.__path__)))
 
 # The decoding methods: siblings that never import each other. A new method joins this list.
-METHODS = ("decode", "pie", "pid", "pipelined", "speculative", "medusa", "shared_prefix")
+METHODS = ("decode", "pie", "pid", "pipelined", "speculative", "medusa", "shared_prefix", "compression")
 
 FLOORS: dict[str, int] = {
     # 1: argument checks, the papers' formulas and figures, tables
@@ -36,7 +36,8 @@ FLOORS: dict[str, int] = {
     # 4: the methods
     **dict.fromkeys(METHODS, 4),
     # 5: measurements
-    "multiprompt": 5, "measure": 5, "prefixes": 5, "drafts": 5, "distribution": 5, "trees": 5, "zoo.training": 5,
+    "multiprompt": 5, "measure": 5, "prefixes": 5, "memories": 5, "drafts": 5, "distribution": 5, "trees": 5,
+    "zoo.training": 5,
     # 6: the experiments
     "experiments": 6,
     # 7: the command lines

@@ -15,6 +15,7 @@ import pytest
 
 from pidutils import plots
 from pidutils.cost import device_preset
+from pidutils.data import SLOTS
 
 MIN_PX = 12  # 9 pt in CSS pixels
 
@@ -114,6 +115,15 @@ FIGURES = {
     "speculative_trace, chapter 5": lambda: plots.speculative_trace(
         trace_rounds(6, 5), "greedy speculative decoding, γ = 5, test dialogue 99"),
     "speculative_trace, γ = 8, 20 rounds": lambda: plots.speculative_trace(trace_rounds(20, 8), "γ = 8"),
+    "prefix_layouts": lambda: plots.prefix_layouts(U=3),
+    "compression_layouts": lambda: plots.compression_layouts(U=3, n_s=317, k=16),
+    "compression_layouts, k = 1": lambda: plots.compression_layouts(U=5, n_s=455, k=1),
+    "slot_heatmap, 30 slots": lambda: plots.slot_heatmap(
+        [{"k": k, "slots": {slot: min(1.0, (i + 1) * k / 200) for i, slot in enumerate(SLOTS)}} for k in (4, 8, 16, 32, 64)],
+        "each slot's accuracy against k (50 test dialogues, KL compressor)"),
+    "k_curves": lambda: plots.k_curves({"CE objective": {4: 0.1, 16: 0.8, 64: 0.95}, "KL objective": {4: 0.2, 16: 0.9}},
+                                       ylabel="test JGA (200 dialogues)", title="pid-t5-tiny with a compressed memory",
+                                       target=0.9),
 }
 
 

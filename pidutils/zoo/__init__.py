@@ -147,9 +147,9 @@ class CausalRecipe:
     init: str = ""  # a shipped decoder-only checkpoint to continue from; "": random weights
 
 
-# Chapter 7's model, in two runs of about an hour each on one CPU thread: 4000 steps from random
-# weights (validation JGA 0.18 at step 2500, still climbing as the learning rate decayed), then
-# 3000 more at a lower learning rate.
+# Chapter 7's model, in two runs on one CPU thread: 4000 steps from random weights (60 min; validation
+# JGA 0.18 at step 2500, still climbing as the learning rate decayed), then 3000 more at a lower
+# learning rate (27 min).
 CAUSAL_RECIPES: dict[str, CausalRecipe] = {
     "prefix-llama-base": CausalRecipe(),
     "prefix-llama-tiny": CausalRecipe(init="prefix-llama-base", steps=3000, lr=3e-3, warmup=100, curriculum=0),
@@ -162,6 +162,46 @@ HEAD_RECIPES: dict[str, HeadsRecipe | JointRecipe] = {
     "medusa-seq-t5-deep": HeadsRecipe(target="seq-t5-deep"),
     "medusa2-seq-t5-deep": JointRecipe(target="seq-t5-deep", heads="medusa-seq-t5-deep"),
 }
+
+
+@dataclass(frozen=True)
+class CompressorRecipe:
+    """How a shipped compressor is made (chapter 8): a copy of ``base``'s encoder blocks and ``max_k``
+    summary vectors, fine-tuned on ``base``'s training dialogues with k drawn per batch
+    (:func:`pidutils.compression.draw_k`), ``base`` itself frozen; the loss on the answers is
+    ``objective``'s: ``"ce"`` the gold tokens' cross-entropy, ``"kl"`` KL from the uncompressed ``base``."""
+
+    base: str = "pid-t5-tiny"
+    objective: str = "ce"
+    min_k: int = 8  # k is drawn log-uniform on min_k..max_k per batch
+    max_k: int = 64
+    steps: int = 9000
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    warmup: int = 200
+    seed: int = 0
+    validate_every: int = 1000
+    validate_k: tuple[int, ...] = (8, 16, 32)  # JGA on 50 validation dialogues at these k while training
+    test_k: tuple[int, ...] = (2, 4, 8, 12, 16, 24, 32, 48, 64)  # the report's test JGA at these k
+
+
+# Chapter 8: one compressor per objective, each serving every k up to max_k. AdamW at 1e-3: a first
+# run with Adafactor at 3e-3 (k drawn per batch from 1..64) still had a loss near 0.9 and every
+# validation JGA at 0 after 1,000 steps; 300-step probes with AdamW at k = 16 reached 0.37 (1e-3) and
+# 0.42 (3e-3). k from 8 up: with AdamW, k drawn from 1..64 still left every validation JGA at 0 after
+# 2,000 steps, while a probe at k = 24 alone reached 0.14 by step 750 (a third of the 1..64 draws
+# are k <= 4, which cannot hold a dialogue's 7 values).
+COMPRESSOR_RECIPES: dict[str, CompressorRecipe] = {
+    "compress-ce-pid-t5-tiny": CompressorRecipe(objective="ce"),
+    "compress-kl-pid-t5-tiny": CompressorRecipe(objective="kl"),
+}
+
+
+def compressor_path(name: str) -> pathlib.Path:
+    """The folder of a shipped compressor (``compressor.safetensors`` and ``compressor.json``)."""
+    check_choice("name", name, sorted(COMPRESSOR_RECIPES))
+    return CHECKPOINTS / name
 
 
 def heads_path(name: str) -> pathlib.Path:

@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
 from ..batching import seq2seq_batch
+from ..compression import Compressor, compressed_generate, compression_batches, compression_loss
 from ..bench import describe
 from ..checks import check_choice, check_int
 from ..cost import training_flops
@@ -33,7 +34,8 @@ from ..sequential import sequential_batches, sequential_generate
 from ..shared_prefix import shared_prefix_batches, shared_prefix_generate, shared_prefix_loss
 from ..tokenizer import train_tokenizer
 from ..train import train
-from . import CAUSAL_RECIPES, HEAD_RECIPES, RECIPES, HeadsRecipe, JointRecipe, load, new_causal_model, new_model
+from . import (CAUSAL_RECIPES, COMPRESSOR_RECIPES, HEAD_RECIPES, RECIPES, HeadsRecipe, JointRecipe, load,
+               new_causal_model, new_model)
 
 # What a fine-tune shares with its init: the width (it may keep fewer encoder and decoder blocks, or
 # add decoder blocks), and the data its tokenizer was trained on.
@@ -333,3 +335,39 @@ def train_joint(name: str, *, steps: int | None = None, device: str | None = Non
               "recipe": asdict(recipe)}
     report |= head_accuracies(model, tokenizer, heads, data, k=heads.k)
     return model.cpu(), tokenizer, heads.cpu(), report
+
+
+# --- Chapter 8: a compressor for a frozen model ------------------------------------------------------
+
+def train_compressor(name: str, *, steps: int | None = None, device: str | None = None) -> tuple[Compressor, dict]:
+    """Train the named compressor (chapter 8): a copy of its base's encoder blocks and max_k summary
+    vectors, on the base's training dialogues with k drawn per batch, the base frozen, the loss its
+    recipe's objective. The report's test JGA at each of the recipe's ``test_k`` is measured on the
+    weights as shipped (rounded to float16). Returns the compressor (CPU, eval) and the report."""
+    recipe = COMPRESSOR_RECIPES[check_choice("name", name, sorted(COMPRESSOR_RECIPES))]
+    steps = check_int("steps", steps, 1) if steps is not None else recipe.steps
+    base = RECIPES[recipe.base]
+    data = make_dataset(train=base.train_dialogues, seed=base.seed)
+    device = pick_device(device)
+    model, tokenizer = load(recipe.base, device)
+    model.requires_grad_(False)
+    compressor = Compressor(model, max_k=recipe.max_k, base=recipe.base, seed=recipe.seed)
+
+    def scores(split, k: int) -> dict:
+        return evaluate(lambda docs, prompts: compressed_generate(model, tokenizer, compressor, docs, prompts, k=k),
+                        split)
+
+    validation = data["validation"].select(range(50))
+    batches = compression_batches(data["train"], tokenizer, model, min_k=recipe.min_k, max_k=recipe.max_k,
+                                  batch_size=recipe.batch_size)
+    run = train(compressor, batches, lambda batch: 0.0,  # FLOPs: not counted for a compressor
+                steps=steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
+                validate=lambda c: {f"jga_k{k}": scores(validation, k)["jga"] for k in recipe.validate_k},
+                validate_every=recipe.validate_every, optimizer=recipe.optimizer,
+                loss_fn=lambda c, batch: compression_loss(model, c, batch, objective=recipe.objective))
+    compressor = compressor.half().float().eval()  # as shipped, in float16
+    report = {"name": name, "steps": steps, "wall_seconds": run.wall_seconds, "final_loss": run.final_loss,
+              "validation": run.validation, "test": {str(k): scores(data["test"], k) for k in recipe.test_k},
+              "machine": f"{describe(device, torch.float32).split(' | ')[0]}, torch {torch.__version__}",
+              "recipe": asdict(recipe)}
+    return compressor.cpu(), report
