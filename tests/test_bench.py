@@ -36,7 +36,7 @@ def test_compare_interleaves_parts_and_sums_them():
     assert all(len(t.samples) == 2 for t in timings.values())
     slow = bench.compare({"one": [lambda: time.sleep(0.01)], "three": [lambda: time.sleep(0.01)] * 3},
                          warmup=0, repeats=1)
-    assert slow["three"].median > 2.5 * slow["one"].median
+    assert slow["one"].median >= 0.009 and slow["three"].median >= 0.027  # three sleeps of 10 ms: the parts summed
 
 
 def test_measure_device_gives_a_positive_roofline():

@@ -126,6 +126,19 @@ def test_the_losses(shipped):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_compressor_made_from_a_frozen_model_trains_its_encoder_copy(shipped):
+    """Training freezes the model first; the compressor's copy of its encoder must still learn (the
+    first training runs copied the frozen flags and trained only the summary vectors)."""
+    model, _ = shipped
+    model.requires_grad_(False)
+    try:
+        compressor = cm.Compressor(model, max_k=4, base="pid-t5-tiny")
+    finally:
+        model.requires_grad_(True)
+    assert all(p.requires_grad for p in compressor.parameters())
+    assert sum(p.numel() for p in compressor.encoder.parameters()) > 100 * compressor.summary.numel()
+
+
 def test_k_is_drawn_log_uniformly_over_the_trained_range():
     """k = round(2^u), u uniform on [log2 8, log2 64]: P(k <= K) = (log2(K + 1/2) - 3) / 3 between
     the ends (6,000 draws: within 0.02, nearly four standard deviations)."""

@@ -186,12 +186,12 @@ class CompressorRecipe:
     test_k: tuple[int, ...] = (2, 4, 8, 12, 16, 24, 32, 48, 64)  # the report's test JGA at these k
 
 
-# Chapter 8: one compressor per objective, each serving every k up to max_k. AdamW at 1e-3: a first
-# run with Adafactor at 3e-3 (k drawn per batch from 1..64) still had a loss near 0.9 and every
-# validation JGA at 0 after 1,000 steps; 300-step probes with AdamW at k = 16 reached 0.37 (1e-3) and
-# 0.42 (3e-3). k from 8 up: with AdamW, k drawn from 1..64 still left every validation JGA at 0 after
-# 2,000 steps, while a probe at k = 24 alone reached 0.14 by step 750 (a third of the 1..64 draws
-# are k <= 4, which cannot hold a dialogue's 7 values).
+# Chapter 8: one compressor per objective, each serving every k from min_k to max_k. AdamW at 1e-3:
+# 300-step probes at k = 16 reached a loss of 0.37 (AdamW 1e-3) and 0.42 (3e-3); a probe at k = 24
+# alone reached validation JGA 0.14 by step 750 and 0.32 by step 1750. k from 8 up: a third of the
+# draws from 1 to 64 would be k <= 4, which cannot hold a dialogue's 7 set values. (The first runs
+# trained only the summary vectors, by mistake: the encoder's copy was made from the frozen model,
+# and kept its requires_grad; three of them left every validation JGA at 0 after 1,000-2,000 steps.)
 COMPRESSOR_RECIPES: dict[str, CompressorRecipe] = {
     "compress-ce-pid-t5-tiny": CompressorRecipe(objective="ce"),
     "compress-kl-pid-t5-tiny": CompressorRecipe(objective="kl"),
