@@ -503,15 +503,17 @@ KEPT_DOCUMENTS = 10_000  # a store of encoded documents, for a reader who encode
 @experiment("compression")
 def compression_tradeoff(device: torch.device, ks: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64),
                          timed_ks: tuple[int, ...] = (4, 16, 32, 64), U: int = 30, b: int = 8, dialogues: int = 200,
-                         repeats: int = 3) -> dict:
-    """Chapter 8: each shipped compressor's JGA, slot accuracy and slots lost against k on the first
-    ``dialogues`` test dialogues, beside uncompressed PID; then PID over the whole memory and over k
-    vectors (the cross-entropy compressor) at U prompts of b documents, timed end to end and in the
-    decoding phase with the cost model's ratio beside it, and the memories' bytes, per batch and for
-    :data:`KEPT_DOCUMENTS` documents kept encoded."""
+                         repeats: int = 3, objectives: tuple[str, ...] = tuple(COMPRESSORS)) -> dict:
+    """Chapter 8: the JGA, slot accuracy and slots lost against k of the shipped compressor of each of
+    ``objectives`` on the first ``dialogues`` test dialogues, beside uncompressed PID; then PID over
+    the whole memory and over k vectors (the first objective's compressor) at U prompts of b
+    documents, timed end to end and in the decoding phase with the cost model's ratio beside it, and
+    the memories' bytes, per batch and for :data:`KEPT_DOCUMENTS` documents kept encoded."""
+    for objective in objectives:
+        check_choice("objectives", objective, list(COMPRESSORS))
     model, tokenizer = zoo.load("pid-t5-tiny", device)
     split = zoo.test_split("pid-t5-tiny").select(range(dialogues))
-    compressors = {objective: load_compressor(name, model) for objective, name in COMPRESSORS.items()}
+    compressors = {objective: load_compressor(COMPRESSORS[objective], model) for objective in objectives}
     result = {"experiment": "compression", "setup": describe(device, model.dtype, model="pid-t5-tiny"),
               "pid": evaluate(lambda docs, prompts: pid_generate(model, tokenizer, docs, prompts), split)}
     print(result["setup"])
@@ -525,7 +527,7 @@ def compression_tradeoff(device: torch.device, ks: tuple[int, ...] = (1, 2, 4, 8
         print("  slots lost first (largest k below 95% accuracy): "
               + ", ".join(f"{slot} at {k}" for slot, k in result[objective]["slots_lost"][:6]))
     documents = list(split["dialogue"][:b])
-    result["timed"] = [memory_row(model, tokenizer, compressors["ce"], documents, U=U, k=k, repeats=repeats)
+    result["timed"] = [memory_row(model, tokenizer, compressors[objectives[0]], documents, U=U, k=k, repeats=repeats)
                        for k in timed_ks]
     for row in result["timed"]:
         print(f"U={U} b={b} k={row['k']:2d} (n_s {row['n_s']}): decoding phase PID "
