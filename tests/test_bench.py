@@ -83,6 +83,25 @@ def test_shared_prefix_experiment_times_the_repeated_prefix_only_up_to_its_row_l
     assert "prefix-llama-tiny" in result["setup"] and out.count("b=2 U=") == 2 and "repeated" in out.splitlines()[1]
 
 
+def test_compression_experiment_reports_quality_memory_and_time(capsys):
+    """``bench compression`` on the shipped cross-entropy compressor, small: its quality at two k on 8
+    test dialogues, the slots lost, one timed row whose memory bytes are the cost model's, and the
+    store of 10,000 documents in proportion to k."""
+    import torch
+    from pidutils.experiments import KEPT_DOCUMENTS, compression_tradeoff
+    result = compression_tradeoff(torch.device("cpu"), ks=(8, 32), timed_ks=(8,), dialogues=8, repeats=1,
+                                  objectives=("ce",))
+    for objective in ("ce",):
+        assert [row["k"] for row in result[objective]["quality"]] == [8, 32]
+        assert all(len(row["slots"]) == 30 for row in result[objective]["quality"])
+    (row,) = result["timed"]
+    assert row["compressed_memory_bytes"] == row["compressed_memory_predicted"]
+    assert row["pid_memory_bytes"] == row["pid_memory_predicted"] and row["U"] == 30 and row["b"] == 8
+    kept = result["kept_documents"]
+    assert kept["k=8"] * kept["n_s"] == kept["uncompressed"] * 8 and KEPT_DOCUMENTS == 10_000
+    assert "uncompressed PID on 8 test dialogues" in capsys.readouterr().out
+
+
 def test_decode_latency_prediction_is_a_lower_bound(tiny_model):
     import torch
     roof = bench.measure_device("cpu", size=256, megabytes=32)

@@ -12,13 +12,15 @@ recipes of thousands of steps (only ``seq-t5-mini``'s 60 steps are replayed), th
 validation curves of training, and the machine a cost ratio was recorded on (the record's
 "2 threads") with the milliseconds it measured there; c is measured again on this machine instead.
 """
+import dataclasses
+import json
 import random
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-from pidutils import drafts, measure, metrics, pid, shared_prefix, t5, zoo
+from pidutils import compression, drafts, measure, metrics, pid, shared_prefix, t5, zoo
 from pidutils.bench import compare
 from pidutils.cost import training_flops
 from pidutils.data import make_split
@@ -90,6 +92,44 @@ def test_the_decoder_only_model_meets_the_jga_target_on_the_test_split():
         lambda docs, prompts: shared_prefix.shared_prefix_generate(model, tokenizer, docs, prompts[0]), split)
     report, slots = zoo.train_report(name)["test"], len(split[0]["slots"])
     assert score["jga"] >= 0.90
+    assert report["jga"] >= 0.90
+    assert round((1 - score["jga"]) * n) <= round((1 - report["jga"]) * TEST_DIALOGUES)
+    wrong_slots = round((1 - report["slot_accuracy"]) * TEST_DIALOGUES * slots)
+    assert round((1 - score["slot_accuracy"]) * n * slots) <= wrong_slots
+
+
+# Chapter 8's compressors shipped so far (the KL one is trained next; the chapter is not in the book yet).
+SHIPPED_COMPRESSORS = ("compress-ce-pid-t5-tiny",)
+
+
+@pytest.mark.parametrize("name", SHIPPED_COMPRESSORS)
+def test_a_compressor_loads_for_its_base_with_its_report(name):
+    """Chapter 8's compressors: for pid-t5-tiny (its signature), of the recipe's shape, with the test
+    JGA at every k the recipe names, and refused by another model."""
+    recipe = zoo.COMPRESSOR_RECIPES[name]
+    model, _ = zoo.load(recipe.base)
+    compressor = compression.load_compressor(name, model)
+    report = compression.compressor_report(name)
+    assert report["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))  # as the report stores it
+    assert compressor.max_k == recipe.max_k and report["steps"] == recipe.steps
+    assert sorted(int(k) for k in report["test"]) == sorted(recipe.test_k)
+    assert {"wall_seconds", "machine", "validation", "final_loss"} <= set(report)
+    with pytest.raises(ValueError, match=f"compressor was trained for {recipe.base}"):
+        compression.check_compressor(zoo.load("pie-t5-tiny")[0], compressor, 8)
+
+
+def test_a_compressors_report_is_its_checkpoint_re_evaluated():
+    """The cross-entropy compressor at k = 24 (13 times below the test dialogues' mean 317 tokens),
+    re-evaluated on the first 40 test dialogues: no more wrong dialogues or slots than its report
+    counts on all 200, where it keeps chapter 8's target, JGA >= 0.90."""
+    model, tokenizer = zoo.load("pid-t5-tiny")
+    compressor = compression.load_compressor("compress-ce-pid-t5-tiny", model)
+    split, k, n = zoo.test_split("pid-t5-tiny").select(range(40)), 24, 40
+    score = metrics.evaluate(
+        lambda docs, prompts: compression.compressed_generate(model, tokenizer, compressor, docs, prompts, k=k), split)
+    report = compression.compressor_report("compress-ce-pid-t5-tiny")["test"][str(k)]
+    slots = len(split[0]["slots"])
+    assert report["jga"] >= 0.90
     assert round((1 - score["jga"]) * n) <= round((1 - report["jga"]) * TEST_DIALOGUES)
     wrong_slots = round((1 - report["slot_accuracy"]) * TEST_DIALOGUES * slots)
     assert round((1 - score["slot_accuracy"]) * n * slots) <= wrong_slots
