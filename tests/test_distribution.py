@@ -32,7 +32,9 @@ def test_the_exact_distribution_is_the_product_of_the_models_own_conditionals(cl
     target, _, memory, _ = close_pair
     sampling = sp.Sampling(1.3)
     exact = dist.sequence_distribution(target, memory, sampling, 3)
-    assert exact.shape == (6 ** 3,) and float(exact.sum()) == pytest.approx(1.0, abs=1e-9)
+    # 1 up to float32 rounding: rows that share a prefix compute its logits in float32, and a GEMM split
+    # over threads may round them differently by row (3e-8 off here on 2 threads, 0 on 1)
+    assert exact.shape == (6 ** 3,) and float(exact.sum()) == pytest.approx(1.0, abs=1e-6)
     eos, pad, start = 1, 0, target.config.decoder_start_token_id
     for sequence in ([2, 3, 4], [5, 0, 2], [1, 0, 0], [3, 1, 0], [3, 1, 2], [1, 4, 0]):
         expected, ended = 1.0, False
